@@ -1,0 +1,53 @@
+"""The ``pipeline`` command: one typer app, one small module per command.
+
+Commands parse their options and call plain functions; only this layer prints, sets up
+logging and chooses exit codes. Bad input ends with one line naming the file and line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from pipeline.errors import PipelineError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Two-stage clinical NER: DISEASE, SYMPTOM and PROCEDURE spans.")
+
+
+def _register() -> None:
+    from pipeline.cli import convert, evaluate  # noqa: F401  (each module adds its command)
+
+    try:
+        from pipeline.cli import train  # noqa: F401
+    except ImportError:  # pragma: no cover - stage 1 not installed
+        pass
+    for name in ("run", "tune", "ablate", "merge"):
+        try:
+            __import__(f"pipeline.cli.{name}")
+        except ImportError:
+            pass
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _register()
+    try:
+        app(standalone_mode=False)
+    except PipelineError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

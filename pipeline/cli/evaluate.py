@@ -1,0 +1,49 @@
+"""``pipeline evaluate``: the task's official metrics on a gold and a predicted corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.cli import app
+from pipeline.corpus import load_spans
+from pipeline.metrics import evaluate
+
+
+@app.command("evaluate")
+def evaluate_command(
+    gold: Annotated[Path, typer.Option(help="Gold: a task TSV or a corpus folder.")],
+    pred: Annotated[Path, typer.Option(help="Predictions: a task TSV or a corpus folder.")],
+    entity: Annotated[str | None, typer.Option(help="Score one label only (case-sensitive).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    lenient: Annotated[bool, typer.Option(help="Skip and count bad annotations.")] = False,
+) -> None:
+    """Strict and character-overlap P/R/F1 with counts, per class, per language and pooled."""
+    gold_spans, lang_of = load_spans(gold, lenient=lenient)
+    pred_spans, _ = load_spans(pred, lenient=lenient)
+    result = evaluate(gold_spans, pred_spans, entity=entity, lang_of=lang_of)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    print_table(result.as_dict())
+
+
+def print_table(result: dict) -> None:
+    table = Table(title="Evaluation")
+    for col in ("slice", "strict P", "strict R", "strict F1", "tp", "fp", "fn",
+                "char P", "char R", "char F1", "gold", "pred"):
+        table.add_column(col, justify="left" if col == "slice" else "right")
+    rows = [("pooled", result)] + [(f"{s['slice']}={s['value']}", s)
+                                   for s in result.get("slices", [])]
+    for name, r in rows:
+        st, ch = r["strict"], r["char_f1"]
+        table.add_row(name, *(f"{st[k]:.4f}" for k in ("precision", "recall", "f1")),
+                      *(str(st[k]) for k in ("tp", "fp", "fn")),
+                      *(f"{ch[k]:.4f}" for k in ("precision", "recall", "f1")),
+                      str(ch["n_gold"]), str(ch["n_pred"]))
+    Console().print(table)

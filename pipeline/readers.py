@@ -1,0 +1,326 @@
+"""Streaming corpus readers: each yields Documents one at a time.
+
+Text is read as UTF-8 with no newline translation (``\\r\\n`` stays two characters, so offsets
+match the official scorer's); a leading BOM is stripped and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from pipeline.documents import CLASSES, DEFAULT_LABEL_MAP, Document, Span
+from pipeline.errors import CorpusError, ReadReport
+
+logger = logging.getLogger(__name__)
+
+# Characters that cannot stand inside a TSV field or a brat mention (line breaks, tabs).
+_BREAKS = re.compile(r"[\t\r\n\v\f\x85\u2028\u2029]")
+TSV_COLUMNS = ("filename", "label", "start_span", "end_span", "text")
+LANGUAGES = ("es", "en", "ro", "sv", "it", "nl", "cz")
+# Folder names under which the MultiClinNER release (and its source corpora) ship each class.
+CLASS_FOLDERS = {
+    "disease": "DISEASE", "distemist": "DISEASE", "enfermedad": "DISEASE",
+    "symptom": "SYMPTOM", "symptemist": "SYMPTOM", "sintoma": "SYMPTOM",
+    "procedure": "PROCEDURE", "medprocner": "PROCEDURE", "procedimiento": "PROCEDURE",
+}  # fmt: skip
+
+
+def fold_breaks(mention: str) -> str:
+    """A mention as one line: tabs and line breaks become spaces (offsets are unchanged)."""
+    return _BREAKS.sub(" ", mention)
+
+
+def read_text(path: Path, report: ReadReport | None = None) -> str:
+    """Read ``path`` as strict UTF-8, keeping ``\\r\\n``; strip and report a BOM."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise CorpusError(path, f"not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}",
+                          line) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+        if report is not None:
+            report.bom_stripped.append(str(path))
+        logger.warning("%s: BOM stripped (offsets count from the character after it)", path)
+    return text
+
+
+def check_span(path: Path, line: int, text: str, start: int, end: int,
+               mention: str | None) -> CorpusError | None:
+    """The reason a span cannot be used on ``text``, or None when it is fine."""
+    if end <= start:
+        return CorpusError(path, f"end {end} is not after start {start}", line)
+    if start < 0 or end > len(text):
+        return CorpusError(path, f"span {start}-{end} lies outside the text "
+                                 f"({len(text)} characters)", line)
+    if mention is not None and fold_breaks(text[start:end]) != fold_breaks(mention):
+        return CorpusError(path, f"mention {mention!r} differs from the text at {start}-{end}: "
+                                 f"{text[start:end]!r}", line)
+    return None
+
+
+def _map_label(raw: str, label_map: dict[str, str], classes: tuple[str, ...],
+               report: ReadReport) -> str | None:
+    label = label_map.get(raw, raw)
+    if label not in classes:
+        report.dropped_labels[raw] += 1
+        return None
+    return label
+
+
+def parse_ann(path: Path, text: str, doc_id: str, *, label_map: dict[str, str],
+              classes: tuple[str, ...], report: ReadReport, lenient: bool) -> list[Span]:
+    """Entity (``T``) lines of a brat ``.ann`` file, checked against ``text``."""
+    spans: list[Span] = []
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.startswith("T"):
+            continue  # relations, events, AnnotatorNotes: not entities
+        fields = line.split("\t")
+        if len(fields) < 2 or len(fields[1].split(" ")) < 3:
+            report.skip(CorpusError(path, f"malformed entity line: {line!r}", lineno), lenient)
+            continue
+        raw_label, _, offsets = fields[1].partition(" ")
+        if ";" in offsets:
+            report.skip(CorpusError(path, f"discontinuous span {offsets!r} is not supported",
+                                    lineno), lenient)
+            continue
+        try:
+            start, end = (int(x) for x in offsets.split(" "))
+        except ValueError:
+            report.skip(CorpusError(path, f"bad offsets {offsets!r}", lineno), lenient)
+            continue
+        mention = fields[2] if len(fields) > 2 else None
+        error = check_span(path, lineno, text, start, end, mention)
+        if error is not None:
+            report.skip(error, lenient)
+            continue
+        label = _map_label(raw_label, label_map, classes, report)
+        if label is not None:
+            spans.append(Span(doc_id, label, start, end))
+    return spans
+
+
+def read_brat(folder: Path, *, label_map: dict[str, str] | None = None,
+              classes: tuple[str, ...] = CLASSES, lang: str | None = None,
+              entity_class: str | None = None, lenient: bool = False,
+              report: ReadReport | None = None, ann_folder: Path | None = None,
+              ) -> Iterator[Document]:
+    """A brat folder (``NAME.txt`` + ``NAME.ann``); a ``.txt`` without ``.ann`` has no spans."""
+    folder, ann_folder = Path(folder), Path(ann_folder or folder)
+    label_map = DEFAULT_LABEL_MAP if label_map is None else label_map
+    report = report if report is not None else ReadReport()
+    if not folder.is_dir():
+        raise CorpusError(folder, "not a folder")
+    stems = {p.stem for p in folder.glob("*.txt")}
+    for orphan in sorted(p for p in ann_folder.glob("*.ann") if p.stem not in stems):
+        report.skip(CorpusError(orphan, f"has no text file {orphan.stem}.txt in {folder}"),
+                    lenient)
+    for stem in sorted(stems):
+        txt = folder / f"{stem}.txt"
+        text = read_text(txt, report)
+        ann = ann_folder / f"{stem}.ann"
+        spans = []
+        if ann.exists():
+            spans = parse_ann(ann, text, stem, label_map=label_map, classes=classes,
+                              report=report, lenient=lenient)
+        report.documents += 1
+        report.spans += len(spans)
+        yield Document(stem, text, lang=lang, entity_class=entity_class, spans=spans,
+                       source=str(txt))
+
+
+def read_tsv_rows(path: Path, *, label_map: dict[str, str] | None = None,
+                  classes: tuple[str, ...] = CLASSES, lenient: bool = False,
+                  report: ReadReport | None = None) -> Iterator[tuple[int, Span, str]]:
+    """Rows of a task TSV as (line number, span, text column)."""
+    label_map = DEFAULT_LABEL_MAP if label_map is None else label_map
+    report = report if report is not None else ReadReport()
+    lines = read_text(Path(path)).split("\n")
+    header = lines[0].rstrip("\r").split("\t") if lines else []
+    if tuple(header[:4]) != TSV_COLUMNS[:4]:
+        expected = "\t".join(TSV_COLUMNS)
+        raise CorpusError(path, f"header must be {expected!r}, found {lines[0]!r}", 1)
+    for lineno, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 4:
+            report.skip(CorpusError(path, f"expected {len(TSV_COLUMNS)} tab-separated columns "
+                                          f"({', '.join(TSV_COLUMNS)}), found {len(fields)}",
+                                    lineno), lenient)
+            continue
+        try:
+            start, end = int(fields[2]), int(fields[3])
+        except ValueError:
+            report.skip(CorpusError(path, f"offsets {fields[2]!r}, {fields[3]!r} are not "
+                                          "integers", lineno), lenient)
+            continue
+        if end <= start:
+            report.skip(CorpusError(path, f"end {end} is not after start {start}", lineno),
+                        lenient)
+            continue
+        label = _map_label(fields[1], label_map, classes, report)
+        if label is not None:
+            report.spans += 1
+            yield lineno, Span(fields[0], label, start, end), (fields[4] if len(fields) > 4
+                                                               else "")
+
+
+def read_tsv_spans(path: Path, **options) -> list[Span]:
+    return [span for _, span, _ in read_tsv_rows(path, **options)]
+
+
+def read_tsv_corpus(tsv: Path, texts: Path, *, lenient: bool = False,
+                    report: ReadReport | None = None, **options) -> Iterator[Document]:
+    """The task TSV plus a folder of ``NAME.txt``: offsets are checked against the texts."""
+    from pipeline.writers import clean_tsv_text  # the writer's cleaning tells what to expect
+
+    report = report if report is not None else ReadReport()
+    by_doc: dict[str, list[tuple[int, Span, str]]] = {}
+    for row in read_tsv_rows(tsv, lenient=lenient, report=report, **options):
+        by_doc.setdefault(row[1].doc_id, []).append(row)
+    stems = {p.stem for p in Path(texts).glob("*.txt")}
+    for missing in sorted(set(by_doc) - stems):
+        line = by_doc[missing][0][0]
+        report.skip(CorpusError(tsv, f"document {missing!r} has no text file in {texts}", line),
+                    lenient)
+    for stem in sorted(stems):
+        text = read_text(Path(texts) / f"{stem}.txt", report)
+        spans = []
+        for lineno, span, mention in by_doc.get(stem, []):
+            shown = clean_tsv_text(text[span.start:span.end]) if mention else None
+            error = check_span(Path(tsv), lineno, text, span.start, span.end, None)
+            if error is None and shown is not None and shown != mention:
+                error = CorpusError(tsv, f"mention {mention!r} differs from the text at "
+                                         f"{span.start}-{span.end}: {shown!r}", lineno)
+            if error is not None:
+                report.skip(error, lenient)
+                continue
+            spans.append(span)
+        report.documents += 1
+        yield Document(stem, text, spans=spans, source=str(Path(texts) / f"{stem}.txt"))
+
+
+def read_jsonl(path: Path, *, classes: tuple[str, ...] = CLASSES, lenient: bool = False,
+               report: ReadReport | None = None) -> Iterator[Document]:
+    """One JSON object a line: ``{"id", "text", "lang"?, "entity_class"?, "spans"?}``."""
+    report = report if report is not None else ReadReport()
+    seen: dict[tuple[str, str | None], int] = {}
+    with open(path, encoding="utf-8", newline="") as handle:
+        for lineno, line in enumerate(_utf8_lines(path, handle), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                doc_id, text = str(obj["id"]), obj["text"]
+                if not isinstance(text, str):
+                    raise TypeError("'text' must be a string")
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise CorpusError(path, f"not a document object ({exc})", lineno) from None
+            key = (doc_id, obj.get("entity_class"))
+            if key in seen:
+                raise CorpusError(path, f"duplicate document id {doc_id!r} (first on line "
+                                        f"{seen[key]})", lineno)
+            seen[key] = lineno
+            spans = []
+            for item in obj.get("spans", []):
+                start, end = int(item["start"]), int(item["end"])
+                error = check_span(Path(path), lineno, text, start, end, item.get("text"))
+                if error is not None:
+                    report.skip(error, lenient)
+                elif item["label"] in classes:
+                    spans.append(Span(doc_id, item["label"], start, end,
+                                      item.get("stage1_score"), item.get("stage2_score")))
+            report.documents += 1
+            report.spans += len(spans)
+            yield Document(doc_id, text, lang=obj.get("lang"),
+                           entity_class=obj.get("entity_class"), spans=spans, source=str(path))
+
+
+def _utf8_lines(path: Path, handle: Iterable[str]) -> Iterator[str]:
+    lineno = 0
+    try:
+        for lineno, line in enumerate(handle, start=1):  # noqa: B007
+            yield line
+    except UnicodeDecodeError as exc:
+        raise CorpusError(path, f"not UTF-8 ({exc.reason})", lineno + 1) from None
+
+
+def find_multiclinner(root: Path) -> list[tuple[Path, Path, str | None, str | None]]:
+    """(txt folder, ann or tsv, language, class) for each part of a MultiClinNER-style tree."""
+    parts = []
+    for txt in sorted(Path(root).rglob("txt")):
+        if not txt.is_dir():
+            continue
+        names = [p.lower() for p in txt.relative_to(root).parts[:-1]] + [Path(root).name.lower()]
+        lang = next((n for n in names if n in LANGUAGES), None)
+        cls = next((CLASS_FOLDERS[w] for n in names for w in re.split(r"[^a-z]+", n)
+                    if w in CLASS_FOLDERS), None)
+        ann = txt.parent / "ann"
+        tsvs = sorted((txt.parent / "tsv").glob("*.tsv")) if (txt.parent / "tsv").is_dir() else []
+        parts.append((txt, ann if ann.is_dir() else (tsvs[0] if tsvs else ann), lang, cls))
+    return parts
+
+
+def read_multiclinner(root: Path, *, classes: tuple[str, ...] = CLASSES, lenient: bool = False,
+                      report: ReadReport | None = None, **options) -> Iterator[Document]:
+    """The release layout: per language and class, ``txt/`` with ``ann/`` or ``tsv/``."""
+    report = report if report is not None else ReadReport()
+    for txt, gold, lang, cls in find_multiclinner(root):
+        wanted = classes if cls is None else tuple(c for c in classes if c == cls)
+        if cls is not None and not wanted:
+            continue
+        if gold.suffix == ".tsv":
+            docs = read_tsv_corpus(gold, txt, classes=wanted, lenient=lenient, report=report,
+                                   **options)
+        else:
+            docs = read_brat(txt, ann_folder=gold if gold.is_dir() else txt, classes=wanted,
+                             lenient=lenient, report=report, **options)
+        for doc in docs:
+            doc.lang, doc.entity_class = lang, cls
+            yield doc
+
+
+def detect_format(path: Path) -> str:
+    """brat, multiclinner, tsv, jsonl or txt, from what the path holds."""
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(path, "does not exist")
+    if path.is_file():
+        if path.suffix in (".jsonl", ".json"):
+            return "jsonl"
+        if path.suffix in (".tsv", ".csv"):
+            return "tsv"
+        raise CorpusError(path, "a corpus file must be .tsv or .jsonl")
+    if any(path.glob("*.ann")):
+        return "brat"
+    if any(path.glob("*.txt")):
+        return "txt"
+    if find_multiclinner(path):
+        return "multiclinner"
+    raise CorpusError(path, "holds no .txt, .ann, txt/ folder, .tsv or .jsonl corpus")
+
+
+def open_corpus(path: Path, *, texts: Path | None = None, lenient: bool = False,
+                report: ReadReport | None = None, classes: tuple[str, ...] = CLASSES,
+                label_map: dict[str, str] | None = None) -> Iterator[Document]:
+    """Any supported corpus, by its layout; a TSV needs the folder of its texts."""
+    fmt = detect_format(path)
+    common = {"lenient": lenient, "report": report, "classes": classes}
+    if fmt in ("brat", "txt"):
+        return read_brat(path, label_map=label_map, **common)
+    if fmt == "multiclinner":
+        return read_multiclinner(path, label_map=label_map, **common)
+    if fmt == "jsonl":
+        return read_jsonl(path, **common)
+    if texts is None:
+        raise CorpusError(path, "a TSV corpus needs the folder of its texts (--texts)")
+    return read_tsv_corpus(path, texts, label_map=label_map, **common)

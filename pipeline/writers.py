@@ -1,0 +1,107 @@
+"""Corpus writers: the task TSV, brat and JSONL (with both stage scores)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from pipeline.documents import Document, Span
+from pipeline.readers import TSV_COLUMNS, fold_breaks
+
+
+def clean_tsv_text(mention: str) -> str:
+    """The mention as the TSV text column shows it: one line, no tabs, no double quotes.
+
+    Tabs and line breaks would split a row; a quote character makes pandas' reader (the
+    official scorer's) swallow the following rows as one quoted field.
+    """
+    return fold_breaks(mention).replace('"', "'")
+
+
+def sort_spans(spans: Iterable[Span]) -> list[Span]:
+    return sorted(spans, key=lambda s: (s.start, s.end, s.label))
+
+
+def tsv_rows(doc: Document) -> Iterable[str]:
+    for span in sort_spans(doc.spans):
+        if span.end <= span.start:
+            raise ValueError(f"{doc.id}: empty span {span.start}-{span.end} cannot be written")
+        yield (f"{doc.id}\t{span.label}\t{span.start}\t{span.end}\t"
+               f"{clean_tsv_text(doc.mention(span))}\n")
+
+
+def write_tsv_header(handle: IO[str]) -> None:
+    handle.write("\t".join(TSV_COLUMNS) + "\n")
+
+
+def jsonl_record(doc: Document) -> str:
+    spans = [{"label": s.label, "start": s.start, "end": s.end, "text": doc.mention(s),
+              "stage1_score": s.stage1_score, "stage2_score": s.stage2_score}
+             for s in sort_spans(doc.spans)]
+    record = {"id": doc.id, "text": doc.text, "lang": doc.lang,
+              "entity_class": doc.entity_class, "spans": spans}
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def brat_ann(doc: Document) -> str:
+    # A brat mention cannot hold a line break; the offsets stay exact, only the shown text folds.
+    return "".join(f"T{i}\t{s.label} {s.start} {s.end}\t{fold_breaks(doc.mention(s))}\n"
+                   for i, s in enumerate(sort_spans(doc.spans), start=1))
+
+
+def atomic_write(path: Path, content: str) -> None:
+    """Write ``content`` so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_tsv(docs: Iterable[Document], path: Path) -> int:
+    """The task TSV; returns the number of rows."""
+    rows = 0
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        write_tsv_header(handle)
+        for doc in docs:
+            for row in tsv_rows(doc):
+                handle.write(row)
+                rows += 1
+    os.replace(tmp, path)
+    return rows
+
+
+def write_jsonl(docs: Iterable[Document], path: Path) -> int:
+    count = 0
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        for doc in docs:
+            handle.write(jsonl_record(doc))
+            count += 1
+    os.replace(tmp, path)
+    return count
+
+
+def write_brat(docs: Iterable[Document], folder: Path, *, with_text: bool = True) -> int:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for doc in docs:
+        if with_text:
+            atomic_write(folder / f"{doc.id}.txt", doc.text)
+        atomic_write(folder / f"{doc.id}.ann", brat_ann(doc))
+        count += 1
+    return count
+
+
+def write_corpus(docs: Iterable[Document], path: Path, fmt: str) -> int:
+    writers = {"tsv": write_tsv, "jsonl": write_jsonl, "brat": write_brat}
+    if fmt not in writers:
+        raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(writers)}")
+    return writers[fmt](docs, path)

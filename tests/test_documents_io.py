@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.documents import Document, Span
+from pipeline.errors import CorpusError, ReadReport
+from pipeline.readers import (
+    detect_format,
+    open_corpus,
+    read_brat,
+    read_jsonl,
+    read_multiclinner,
+    read_tsv_corpus,
+    read_tsv_spans,
+)
+from pipeline.writers import clean_tsv_text, write_brat, write_jsonl, write_tsv
+
+
+def brat(tmp_path: Path, text: str | bytes, ann: str, name: str = "d1") -> Path:
+    folder = tmp_path / "brat"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = text if isinstance(text, bytes) else text.encode("utf-8")
+    (folder / f"{name}.txt").write_bytes(data)
+    (folder / f"{name}.ann").write_text(ann, encoding="utf-8")
+    return folder
+
+
+def test_span_convention_is_end_exclusive_character_offsets(tmp_path):
+    text = "Dolor torácico y fiebre."
+    folder = brat(tmp_path, text, "T1\tSINTOMA 0 14\tDolor torácico\n#1\tAnnotatorNotes T1\tx\n")
+    doc = next(read_brat(folder))
+    (span,) = doc.spans
+    assert (span.start, span.end, span.label) == (0, 14, "SYMPTOM")
+    assert doc.mention(span) == text[0:14] == "Dolor torácico"
+
+
+def test_crlf_kept_and_bom_stripped_and_reported(tmp_path):
+    text = "\ufeffLínea uno\r\nFiebre alta"
+    start = text.index("Fiebre") - 1  # offsets count after the BOM
+    folder = brat(tmp_path, text, f"T1\tSINTOMA {start} {start + 6}\tFiebre\n")
+    report = ReadReport()
+    doc = next(read_brat(folder, report=report))
+    assert "\r\n" in doc.text and not doc.text.startswith("\ufeff")
+    assert doc.mention(doc.spans[0]) == "Fiebre"
+    assert len(report.bom_stripped) == 1
+
+
+def test_labels_outside_classes_are_dropped_and_counted(tmp_path):
+    folder = brat(tmp_path, "aspirina y fiebre", "T1\tMEDICATION 0 8\taspirina\n"
+                                                  "T2\tSINTOMA 11 17\tfiebre\n")
+    report = ReadReport()
+    doc = next(read_brat(folder, report=report))
+    assert [s.label for s in doc.spans] == ["SYMPTOM"]
+    assert report.dropped_labels == {"MEDICATION": 1}
+
+
+@pytest.mark.parametrize("ann, message", [
+    ("T1\tSINTOMA 3 2\tx\n", r"d1\.ann:1: end 2 is not after start 3"),
+    ("T1\tSINTOMA 0 99\tx\n", r"d1\.ann:1: span 0-99 lies outside the text"),
+    ("T1\tSINTOMA 0 5\tfiebre\n", r"d1\.ann:1: mention 'fiebre' differs from the text"),
+    ("#1\tnote\nT1\tSINTOMA 0 2;3 5\tfi br\n", r"d1\.ann:2: discontinuous span"),
+])
+def test_bad_brat_annotations_name_file_and_line(tmp_path, ann, message):
+    folder = brat(tmp_path, "fiebre alta", ann)
+    with pytest.raises(CorpusError, match=message):
+        list(read_brat(folder))
+    report = ReadReport()
+    docs = list(read_brat(folder, lenient=True, report=report))
+    assert docs[0].spans == [] and len(report.skipped) == 1
+
+
+def test_ann_without_txt_and_non_utf8(tmp_path):
+    folder = brat(tmp_path, "fiebre", "")
+    (folder / "orphan.ann").write_text("T1\tSINTOMA 0 1\tf\n")
+    with pytest.raises(CorpusError, match=r"orphan\.ann: has no text file orphan\.txt"):
+        list(read_brat(folder))
+    folder2 = brat(tmp_path / "x", b"linea\nfi\xe9bre\n", "")
+    with pytest.raises(CorpusError, match=r"d1\.txt:2: not UTF-8: byte 0xe9"):
+        list(read_brat(folder2))
+
+
+def test_tsv_errors(tmp_path):
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("filename\tlabel\tstart_span\tend_span\ttext\nd1\tDISEASE\t3\n")
+    with pytest.raises(CorpusError, match=r"p\.tsv:2: expected 5 tab-separated columns"):
+        read_tsv_spans(tsv)
+    tsv.write_text("file\tlabel\n")
+    with pytest.raises(CorpusError, match=r"p\.tsv:1: header must be"):
+        read_tsv_spans(tsv)
+
+
+def test_tsv_corpus_checks_mentions_against_texts(tmp_path):
+    texts = tmp_path / "txt"
+    texts.mkdir()
+    (texts / "d1.txt").write_text("Tiene \"asma\"\ty tos")
+    tsv = tmp_path / "g.tsv"
+    tsv.write_text("filename\tlabel\tstart_span\tend_span\ttext\n"
+                   "d1\tDISEASE\t6\t12\t'asma'\n"
+                   "d1\tSYMPTOM\t15\t18\ttoz\n")
+    with pytest.raises(CorpusError, match=r"g\.tsv:3: mention 'toz' differs"):
+        list(read_tsv_corpus(tsv, texts))
+
+
+def test_jsonl_duplicate_ids_and_bad_lines(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: duplicate document id 'a' \(first on line 1\)"):
+        list(read_jsonl(path))
+    path.write_text('{"id": "a", "text": "x"}\nnot json\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: not a document object"):
+        list(read_jsonl(path))
+
+
+def test_tsv_text_column_is_safe_for_pandas():
+    assert clean_tsv_text('a\t"b"\r\nc') == "a 'b'  c"
+
+
+def test_writers_refuse_empty_spans(tmp_path):
+    doc = Document("d", "abc", spans=[Span("d", "DISEASE", 2, 2)])
+    with pytest.raises(ValueError, match="empty span"):
+        write_tsv([doc], tmp_path / "o.tsv")
+
+
+def test_multiclinner_layout_takes_language_and_class_from_path(tmp_path):
+    for lang, cls, text in [("en", "disease", "Has asthma."), ("ro", "symptom", "Are tuse.")]:
+        base = tmp_path / "multiclinner" / lang / f"multiclinner_{lang}_{cls}"
+        (base / "txt").mkdir(parents=True)
+        (base / "ann").mkdir()
+        (base / "txt" / "c1.txt").write_text(text)
+        label = cls.upper()
+        word = text.split()[1].rstrip(".")
+        s = text.index(word)
+        (base / "ann" / "c1.ann").write_text(f"T1\t{label} {s} {s + len(word)}\t{word}\n")
+    assert detect_format(tmp_path / "multiclinner") == "multiclinner"
+    docs = list(read_multiclinner(tmp_path / "multiclinner"))
+    got = sorted((d.lang, d.entity_class, [d.mention(s) for s in d.spans]) for d in docs)
+    assert got == [("en", "DISEASE", ["asthma"]), ("ro", "SYMPTOM", ["tuse"])]
+
+
+def _docs_key(docs):
+    return sorted((d.id, d.text, sorted(s.key for s in d.spans)) for d in docs)
+
+
+def test_round_trips_on_shared_data(shared_data, tmp_path):
+    for name in ("spaccc_train", "cardioccc_dev"):
+        original = list(open_corpus(shared_data / name))
+        write_tsv(original, tmp_path / f"{name}.tsv")
+        via_tsv = list(read_tsv_corpus(tmp_path / f"{name}.tsv", shared_data / name))
+        write_brat(via_tsv, tmp_path / f"{name}_brat")
+        back = list(read_brat(tmp_path / f"{name}_brat"))
+        assert _docs_key(back) == _docs_key(original)
+        write_jsonl(original, tmp_path / f"{name}.jsonl")
+        write_brat(read_jsonl(tmp_path / f"{name}.jsonl"), tmp_path / f"{name}_brat2")
+        assert _docs_key(read_brat(tmp_path / f"{name}_brat2")) == _docs_key(original)
+
+
+def test_jsonl_keeps_scores(tmp_path):
+    doc = Document("d", "fiebre", lang="es",
+                   spans=[Span("d", "SYMPTOM", 0, 6, stage1_score=0.9, stage2_score=0.25)])
+    write_jsonl([doc], tmp_path / "o.jsonl")
+    line = json.loads((tmp_path / "o.jsonl").read_text())
+    assert line["spans"][0]["stage2_score"] == 0.25
+    (back,) = read_jsonl(tmp_path / "o.jsonl")
+    assert back.spans == doc.spans and back.lang == "es"
