@@ -1,0 +1,115 @@
+"""Training an ensemble: every (class, encoder, fold) member, resumable, with a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipeline.documents import CLASSES, Document, Span
+from pipeline.metrics import evaluate
+from stage1_ensemble.config import InferenceConfig, TrainConfig
+from stage1_ensemble.decode import decode_spans
+from stage1_ensemble.ensemble import Manifest, Member, data_hash, write_manifest
+
+logger = logging.getLogger(__name__)
+
+# Translations of one case share a group: ids such as "case12_en" and "case12_ro" (or
+# "en/case12") fall into group "case12" by default.
+DEFAULT_GROUP_PATTERN = r"^(?:[a-z]{2}[/_-])?(.+?)(?:[_-](?:es|en|ro|sv|it|nl|cz))?$"
+VALIDATION_THRESHOLD = 0.5
+
+
+def document_group(doc_id: str, pattern: str = DEFAULT_GROUP_PATTERN) -> str:
+    match = re.match(pattern, doc_id)
+    return match.group(1) if match and match.groups() else doc_id
+
+
+def fold_of(doc_id: str, n_folds: int, pattern: str = DEFAULT_GROUP_PATTERN) -> int:
+    """A stable fold per document group, so translations never split across folds."""
+    digest = hashlib.sha1(document_group(doc_id, pattern).encode("utf-8")).hexdigest()
+    return int(digest, 16) % n_folds
+
+
+def slug(encoder: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", Path(encoder).name or encoder).strip("-").lower()
+
+
+def validate_member(model_dir: Path, docs: Sequence[Document], cls: str) -> dict:
+    """Strict and char F1 of one member on its held-out documents."""
+    if not docs:
+        return {}
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from stage1_ensemble.infer import MemberRunner
+
+    runner = MemberRunner(AutoModelForTokenClassification.from_pretrained(str(model_dir)),
+                          AutoTokenizer.from_pretrained(str(model_dir)), InferenceConfig())
+    probs = runner.char_probs([d.text for d in docs])
+    pred = [Span(d.id, cls, s, e) for d, p in zip(docs, probs)
+            for s, e, _ in decode_spans(d.text, p, VALIDATION_THRESHOLD)]
+    gold = [s for d in docs for s in d.spans if s.label == cls]
+    result = evaluate(gold, pred).pooled.as_dict()
+    return {"threshold": VALIDATION_THRESHOLD, "documents": len(docs),
+            "strict_f1": result["strict"]["f1"], "char_f1": result["char_f1"]["f1"]}
+
+
+def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[str],
+                   classes: Sequence[str] = CLASSES, n_folds: int = 1,
+                   config: TrainConfig | None = None,
+                   group_pattern: str = DEFAULT_GROUP_PATTERN,
+                   on_member: Callable[[str, str], None] | None = None) -> Manifest:
+    """Train every member not yet finished; write the manifest after each one."""
+    config = config or TrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus_hash = data_hash([(d.id, d.text, [(s.label, s.start, s.end) for s in d.spans])
+                             for d in docs])
+    manifest_path = out / "ensemble.json"
+    if manifest_path.exists():
+        old = Manifest.model_validate_json(manifest_path.read_text())
+        if old.data_hash != corpus_hash:
+            raise ValueError(f"{manifest_path}: was trained on other data "
+                             f"({old.data_hash} vs {corpus_hash}); use another --out")
+    members: list[Member] = []
+    for cls in classes:
+        cls_docs = [d for d in docs if d.entity_class in (None, cls)]
+        for encoder in encoders:
+            for fold in range(n_folds):
+                name = f"{cls.lower()}-{slug(encoder)}-f{fold}"
+                member = train_one(name, cls, encoder, fold, n_folds, cls_docs, out, config,
+                                   group_pattern, on_member)
+                members.append(member)
+                write_manifest(out, Manifest(classes=list(classes), members=members,
+                                             data_hash=corpus_hash))
+    return Manifest(classes=list(classes), members=members, data_hash=corpus_hash)
+
+
+def train_one(name: str, cls: str, encoder: str, fold: int, n_folds: int,
+              docs: Sequence[Document], out: Path, config: TrainConfig, group_pattern: str,
+              on_member: Callable[[str, str], None] | None) -> Member:
+    from stage1_ensemble.train import train_member
+
+    member_dir = out / name
+    done = member_dir / "member.json"
+    if done.exists():  # finished before a crash or an earlier run: keep it
+        if on_member:
+            on_member(name, "kept")
+        return Member.model_validate_json(done.read_text())
+    if on_member:
+        on_member(name, "training")
+    held_out = [d for d in docs if n_folds > 1 and fold_of(d.id, n_folds, group_pattern) == fold]
+    held_ids = {d.id for d in held_out}
+    train_docs = [d for d in docs if d.id not in held_ids]
+    model_dir = train_member([d.text for d in train_docs],
+                             [[(s.start, s.end) for s in d.spans if s.label == cls]
+                              for d in train_docs],
+                             encoder=encoder, out_dir=member_dir, config=config)
+    member = Member(name=name, entity_class=cls, fold=fold, n_folds=n_folds, encoder=encoder,
+                    path=str(model_dir.relative_to(out)), tokenizer=encoder,
+                    config=config.model_dump(), train_documents=len(train_docs),
+                    validation=validate_member(model_dir, held_out, cls))
+    done.write_text(member.model_dump_json(indent=2))
+    return member

@@ -1,0 +1,10 @@
+"""Stage 1: binary token classifiers per class, combined at the character level.
+
+A library of strings, arrays and (start, end) pairs; it knows nothing of corpora or files
+beyond its own ensemble folder.
+"""
+
+from stage1_ensemble.decode import decode_spans
+from stage1_ensemble.project import project, weighted_mean
+
+__all__ = ["decode_spans", "project", "weighted_mean"]

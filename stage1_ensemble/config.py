@@ -1,0 +1,43 @@
+"""Training and inference settings: pydantic models that refuse unknown keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(Strict):
+    """One member's training recipe; the defaults are the paper's."""
+
+    learning_rate: float = 1e-5
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    max_length: int = Field(512, le=8192, ge=16)
+    stride: int = Field(32, ge=0)
+    seed: int = 42
+    bf16: bool | None = None  # None: bf16 where CUDA is available
+    logging_steps: int = 50
+
+
+class InferenceConfig(Strict):
+    batch_size: int = 32  # windows per forward pass
+    max_length: int = 512
+    stride: int = 32
+    device: str | None = None  # None: cuda where available, else cpu
+    bf16: bool | None = None  # None: bf16 on cuda
+
+
+def load_config(path: Path, model: type[Strict] = TrainConfig) -> Strict:
+    """A config from a JSON file; a misspelt key fails here, naming the file."""
+    try:
+        return model.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    except Exception as exc:
+        raise ValueError(f"{path}: {exc}") from None

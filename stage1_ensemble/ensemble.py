@@ -1,0 +1,181 @@
+"""An ensemble on disk (a manifest plus one folder per member) and its inference."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from stage1_ensemble.config import InferenceConfig
+from stage1_ensemble.project import weighted_mean
+
+MANIFEST = "ensemble.json"
+
+
+class Member(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    entity_class: str
+    fold: int
+    n_folds: int
+    encoder: str
+    path: str  # relative to the ensemble folder
+    tokenizer: str
+    weight: float = 1.0
+    config: dict = Field(default_factory=dict)
+    validation: dict = Field(default_factory=dict)  # scores on the held-out fold
+    train_documents: int = 0
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = 1
+    classes: list[str]
+    members: list[Member]
+    data_hash: str  # of the training corpus
+
+    def identity(self) -> str:
+        """A hash that changes when any member or weight changes (the cache key)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no ensemble manifest (train one with "
+                                "`pipeline train`)")
+    try:
+        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except Exception as exc:
+        raise ValueError(f"{path}: not a valid ensemble manifest: {exc}") from None
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    path = Path(folder) / MANIFEST
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Ensemble:
+    """Per-class character probabilities from the weighted mean of the class's members."""
+
+    def __init__(self, folder: Path, manifest: Manifest,
+                 config: InferenceConfig | None = None) -> None:
+        self.folder, self.manifest = Path(folder), manifest
+        self.config = config or InferenceConfig()
+        self.identity = manifest.identity()
+        self._runners: dict[str, object] = {}
+
+    @classmethod
+    def load(cls, folder: Path, config: InferenceConfig | None = None) -> Ensemble:
+        manifest = read_manifest(folder)
+        for m in manifest.members:
+            path = Path(folder) / m.path
+            if not (path / "config.json").exists():
+                raise FileNotFoundError(f"{Path(folder) / MANIFEST}: member {m.name!r} has no "
+                                        f"model at {path}")
+            if m.entity_class not in manifest.classes:
+                raise ValueError(f"{Path(folder) / MANIFEST}: member {m.name!r} is for "
+                                 f"{m.entity_class!r}, not one of {manifest.classes}")
+        return cls(folder, manifest, config)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest.classes)
+
+    def runner(self, member: Member):
+        """The member's model, loaded on first use and kept."""
+        if member.name not in self._runners:
+            from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+            from stage1_ensemble.infer import MemberRunner
+
+            path = self.folder / member.path
+            model = AutoModelForTokenClassification.from_pretrained(
+                str(path), attn_implementation="sdpa")
+            if model.config.num_labels != 2:
+                raise ValueError(f"{path}: a member must be a binary token classifier, this "
+                                 f"one has {model.config.num_labels} labels")
+            self._runners[member.name] = MemberRunner(
+                model, AutoTokenizer.from_pretrained(str(path)), self.config)
+        return self._runners[member.name]
+
+    def char_probs(self, texts: Sequence[str], classes: Sequence[str] | None = None,
+                   ) -> list[dict[str, np.ndarray]]:
+        """For each text, {class: float32 character probabilities}."""
+        classes = list(classes) if classes is not None else self.classes
+        out: list[dict[str, np.ndarray]] = [{} for _ in texts]
+        for cls in classes:
+            members = [m for m in self.manifest.members if m.entity_class == cls]
+            if not members:
+                raise ValueError(f"the ensemble has no member for class {cls!r}")
+            per_member = [self.runner(m).char_probs(texts) for m in members]
+            weights = [m.weight for m in members]
+            for i in range(len(texts)):
+                out[i][cls] = weighted_mean([p[i] for p in per_member], weights)
+        return out
+
+
+class CharProbCache:
+    """Character probabilities on disk, per (ensemble, class, text), stored as float16."""
+
+    def __init__(self, folder: Path, ensemble_id: str) -> None:
+        self.folder = Path(folder) / ensemble_id
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, cls: str, text: str) -> Path:
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return self.folder / cls / digest[:2] / f"{digest}.npy"
+
+    def get(self, cls: str, text: str) -> np.ndarray | None:
+        path = self._path(cls, text)
+        try:
+            arr = np.load(path)
+        except (FileNotFoundError, ValueError, OSError, EOFError):
+            return None
+        return arr.astype(np.float32) if arr.shape == (len(text),) else None
+
+    def put(self, cls: str, text: str, probs: np.ndarray) -> None:
+        path = self._path(cls, text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, np.asarray(probs, dtype=np.float16))
+        os.replace(tmp, path)
+
+
+def cached_char_probs(ensemble: Ensemble, texts: Sequence[str], classes: Sequence[str],
+                      cache: CharProbCache | None) -> list[dict[str, np.ndarray]]:
+    """Like ``Ensemble.char_probs``, running the models only for what the cache lacks."""
+    if cache is None:
+        return ensemble.char_probs(texts, classes)
+    out: list[dict[str, np.ndarray]] = [{} for _ in texts]
+    for cls in classes:
+        missing = []
+        for i, text in enumerate(texts):
+            hit = cache.get(cls, text)
+            if hit is None:
+                missing.append(i)
+            else:
+                out[i][cls] = hit
+        if missing:
+            fresh = ensemble.char_probs([texts[i] for i in missing], [cls])
+            for i, probs in zip(missing, fresh):
+                cache.put(cls, texts[i], probs[cls])
+                out[i][cls] = probs[cls].astype(np.float16).astype(np.float32)
+    return out
+
+
+def data_hash(items: Sequence[tuple[str, str, Sequence[tuple[str, int, int]]]]) -> str:
+    """A hash of (id, text, spans) of a training corpus, to tell corpora apart."""
+    h = hashlib.sha256()
+    for doc_id, text, spans in items:
+        h.update(json.dumps([doc_id, text, sorted(spans)], ensure_ascii=False).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,87 @@
+"""Training one member: a binary token classifier for one class, with the HF Trainer.
+
+Examples flow as a ``datasets.Dataset`` of documents; windows and labels are made with
+``map(batched=True)``, as HF training scripts do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import (
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    DataCollatorForTokenClassification,
+    Trainer,
+    TrainingArguments,
+)
+
+from stage1_ensemble.config import TrainConfig
+from stage1_ensemble.windows import gold_cumsum, token_labels, tokenize_windows
+
+logger = logging.getLogger(__name__)
+
+
+def documents_dataset(texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]],
+                      ) -> Dataset:
+    """One row per document: its text and the (start, end) spans of the member's class."""
+    return Dataset.from_dict({"text": list(texts),
+                              "starts": [[s for s, _ in sp] for sp in spans],
+                              "ends": [[e for _, e in sp] for sp in spans]})
+
+
+def window_dataset(docs: Dataset, tokenizer, config: TrainConfig) -> Dataset:
+    """Windows with binary labels (1 = overlaps a gold span) from a documents dataset."""
+
+    def make_windows(batch: dict[str, list]) -> dict[str, list]:
+        win = tokenize_windows(tokenizer, batch["text"], max_length=config.max_length,
+                               stride=config.stride)
+        cums = [gold_cumsum(len(t), list(zip(s, e)))
+                for t, s, e in zip(batch["text"], batch["starts"], batch["ends"])]
+        labels = [token_labels(off, cums[d])
+                  for off, d in zip(win["offset_mapping"], win["doc_index"])]
+        return {"input_ids": win["input_ids"], "attention_mask": win["attention_mask"],
+                "labels": labels}
+
+    return docs.map(make_windows, batched=True, remove_columns=docs.column_names)
+
+
+def load_encoder(encoder: str | Path):
+    """A fresh binary token classifier and its fast tokenizer from an encoder checkpoint."""
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder))
+    model = AutoModelForTokenClassification.from_pretrained(
+        str(encoder), num_labels=2, id2label={0: "O", 1: "ENTITY"},
+        label2id={"O": 0, "ENTITY": 1})
+    return model, tokenizer
+
+
+def train_member(texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]], *,
+                 encoder: str | Path, out_dir: Path, config: TrainConfig | None = None,
+                 model=None, tokenizer=None, show_progress: bool = False) -> Path:
+    """Fine-tune one member and save model and tokenizer under ``out_dir/model``."""
+    config = config or TrainConfig()
+    if model is None or tokenizer is None:
+        model, tokenizer = load_encoder(encoder)
+    windows = window_dataset(documents_dataset(texts, spans), tokenizer, config)
+    if len(windows) == 0:
+        raise ValueError("no training windows: the training documents are empty")
+    bf16 = torch.cuda.is_available() if config.bf16 is None else config.bf16
+    args = TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"), learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps, max_steps=config.max_steps,
+        lr_scheduler_type="linear", weight_decay=config.weight_decay,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, bf16=bf16,
+        seed=config.seed, save_strategy="no", report_to=[], logging_steps=config.logging_steps,
+        disable_tqdm=not show_progress, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
+    trainer = Trainer(model=model, args=args, train_dataset=windows,
+                      data_collator=DataCollatorForTokenClassification(tokenizer))
+    trainer.train()
+    final = out_dir / "model"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    return final

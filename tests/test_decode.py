@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stage1_ensemble import decode_spans
+from stage1_ensemble.project import fill_uncovered, project, weighted_mean
+
+
+def probs_for(text: str, positive: list[str], high: float = 0.9, low: float = 0.1) -> np.ndarray:
+    p = np.full(len(text), low, dtype=np.float32)
+    for word in positive:
+        i = text.index(word)
+        p[i : i + len(word)] = high
+    return p
+
+
+def test_planted_peak_gives_exact_span_and_mean_score():
+    text = "Paciente con disnea grave."
+    p = probs_for(text, ["disnea"])
+    p[13] = 0.7
+    (span,) = decode_spans(text, p, 0.5)
+    assert text[span[0] : span[1]] == "disnea"
+    assert span[2] == pytest.approx((0.7 + 5 * 0.9) / 6, abs=1e-6)
+
+
+def test_partial_word_expands_to_whole_word_and_trims_spaces():
+    text = "Dolor  torácico."
+    p = np.zeros(len(text), dtype=np.float32)
+    p[2:4] = 0.8  # inside "Dolor"
+    p[5:10] = 0.8  # the two spaces and "tor"
+    spans = decode_spans(text, p, 0.5)
+    # "lo" grows to "Dolor"; "  tor" grows to "  torácico" and loses its spaces; the
+    # two spans do not touch (the spaces between them are not in either)
+    assert [text[s:e] for s, e, _ in spans] == ["Dolor", "torácico"]
+    p[4] = 0.8  # now one run from "lo" to "tor"
+    assert [text[s:e] for s, e, _ in decode_spans(text, p, 0.5)] == ["Dolor  torácico"]
+
+
+def test_spaces_join_only_when_both_sides_positive():
+    text = "dolor torácico"
+    windows = [(np.array([[0, 5], [6, 14]]), np.array([0.9, 0.9]))]
+    assert [text[s:e] for s, e, _ in decode_spans(text, project(text, windows), 0.5)] == [text]
+    windows = [(np.array([[0, 5], [6, 14]]), np.array([0.9, 0.2]))]
+    assert [text[s:e] for s, e, _ in decode_spans(text, project(text, windows), 0.5)] == ["dolor"]
+
+
+def test_subword_pieces_of_one_word():
+    text = "hipertensión arterial"
+    # pieces "hiper" "tensión": only the second is positive; the span is the whole word
+    windows = [(np.array([[0, 5], [5, 12], [13, 21]]), np.array([0.2, 0.9, 0.1]))]
+    spans = decode_spans(text, project(text, windows), 0.5)
+    assert [text[s:e] for s, e, _ in spans] == ["hipertensión"]
+
+
+def test_crlf_and_diacritics_of_several_languages():
+    text = "Pacientul are durere\r\nţesut şi švédština ärr"
+    for word in ["durere", "ţesut", "švédština", "ärr"]:
+        p = probs_for(text, [word[1:]])  # all but the first letter: expansion adds it
+        spans = decode_spans(text, p, 0.5)
+        assert [text[s:e] for s, e, _ in spans] == [word]
+    p = probs_for(text, ["durere\r\nţesut"])
+    assert [text[s:e] for s, e, _ in decode_spans(text, p, 0.5)] == ["durere\r\nţesut"]
+
+
+def test_touching_spans_merge_and_separate_spans_do_not():
+    text = "tos-fiebre y cefalea"
+    p = probs_for(text, ["tos", "fiebre", "cefalea"])
+    assert [text[s:e] for s, e, _ in decode_spans(text, p, 0.5)] == ["tos", "fiebre", "cefalea"]
+    p[3] = 0.9  # the hyphen too: one run
+    assert [text[s:e] for s, e, _ in decode_spans(text, p, 0.5)][0] == "tos-fiebre"
+    # expansion makes two runs overlap: they merge
+    p = np.zeros(len(text), dtype=np.float32)
+    p[0:2] = 0.9
+    p[2:3] = 0.1
+    p[3:6] = 0.9  # "-fi": expands to "fiebre", touching "tos" at the hyphen
+    assert [text[s:e] for s, e, _ in decode_spans(text, p, 0.5)] == ["tos-fiebre"]
+
+
+def test_character_covered_by_two_windows_takes_the_mean():
+    text = "abc def"
+    windows = [(np.array([[0, 3], [4, 7]]), np.array([0.2, 0.6])),
+               (np.array([[4, 7]]), np.array([1.0]))]
+    probs = project(text, windows)
+    assert probs[4:7] == pytest.approx([0.8] * 3)
+    assert probs[3] == pytest.approx(0.2)  # the space: min of its neighbours
+
+
+def test_special_tokens_zero_width_and_whitespace_tokens_carry_nothing():
+    text = "a b"
+    windows = [(np.array([[0, 0], [0, 1], [1, 2], [2, 3], [0, 0]]),
+                np.array([1.0, 0.3, 1.0, 0.4, 1.0]))]
+    probs = project(text, windows)
+    assert probs.tolist() == pytest.approx([0.3, 0.3, 0.4])
+
+
+def test_leading_space_in_token_offsets_is_not_the_words():
+    text = "con disnea"
+    windows = [(np.array([[0, 3], [3, 10]]), np.array([0.1, 0.9]))]  # " disnea" with its space
+    probs = project(text, windows)
+    assert probs[3] == pytest.approx(0.1)
+    assert [text[s:e] for s, e, _ in decode_spans(text, probs, 0.5)] == ["disnea"]
+
+
+def test_thresholds_are_monotone():
+    rng = np.random.default_rng(0)
+    text = "El paciente presenta dolor abdominal, fiebre y náuseas desde ayer por la noche."
+    p = rng.random(len(text)).astype(np.float32)
+    previous = None
+    for t in np.linspace(0.05, 0.95, 19):
+        chars = {i for s, e, _ in decode_spans(text, p, float(t)) for i in range(s, e)}
+        if previous is not None:
+            assert chars <= previous
+        previous = chars
+
+
+def test_empty_and_whitespace_texts_and_bad_shapes():
+    assert decode_spans("", np.zeros(0), 0.5) == []
+    assert decode_spans("   \n ", np.ones(5), 0.5) == []
+    with pytest.raises(ValueError, match="shape"):
+        decode_spans("abc", np.zeros(2), 0.5)
+    assert project("", []).shape == (0,)
+
+
+def test_uncovered_edges_and_weighted_mean():
+    probs = np.array([0.0, 0.5, 0.0, 0.9, 0.0])
+    covered = np.array([False, True, False, True, False])
+    assert fill_uncovered(probs, covered).tolist() == [0.0, 0.5, 0.5, 0.9, 0.0]
+    mean = weighted_mean([np.array([0.0, 1.0]), np.array([1.0, 1.0])], [1.0, 3.0])
+    assert mean.tolist() == pytest.approx([0.75, 1.0])

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.documents import Document, Span
+from pipeline.training import document_group, fold_of, train_ensemble
+from stage1_ensemble import decode_spans
+from stage1_ensemble.config import InferenceConfig, TrainConfig
+from stage1_ensemble.ensemble import Ensemble
+from stage1_ensemble.windows import tokenize_windows
+from tests.tiny_models import SENTENCES, tiny_bert_encoder, tiny_xlmr
+
+GOLD = {0: ["diabetes mellitus"], 1: ["neumonía"]}
+
+
+def two_docs() -> list[Document]:
+    docs = []
+    for i, text in enumerate(SENTENCES):
+        spans = [Span(f"d{i}", "DISEASE", text.index(m), text.index(m) + len(m))
+                 for m in GOLD[i]]
+        docs.append(Document(f"d{i}", text, lang="es", spans=spans))
+    return docs
+
+
+@pytest.fixture(scope="module")
+def overfit_ensemble(tmp_path_factory):
+    root = tmp_path_factory.mktemp("overfit")
+    encoder = tiny_bert_encoder(root / "encoder")
+    config = TrainConfig(learning_rate=3e-3, warmup_steps=0, max_steps=120, batch_size=2,
+                         logging_steps=1000, max_length=64, stride=8)
+    train_ensemble(two_docs(), out=root / "ens", encoders=[str(encoder)], classes=["DISEASE"],
+                   n_folds=1, config=config)
+    return root / "ens"
+
+
+def spans_of(ensemble: Ensemble) -> list[list[str]]:
+    probs = ensemble.char_probs(SENTENCES, ["DISEASE"])
+    return [[t[s:e] for s, e, _ in decode_spans(t, p["DISEASE"], 0.5)]
+            for t, p in zip(SENTENCES, probs)]
+
+
+def test_tiny_model_overfits_and_survives_reload(overfit_ensemble):
+    config = InferenceConfig(device="cpu")
+    first = spans_of(Ensemble.load(overfit_ensemble, config))
+    assert first == [GOLD[0], GOLD[1]]
+    again = Ensemble.load(overfit_ensemble, config)
+    assert spans_of(again) == first
+    a = Ensemble.load(overfit_ensemble, config).char_probs(SENTENCES, ["DISEASE"])
+    b = again.char_probs(SENTENCES, ["DISEASE"])
+    assert np.array_equal(a[0]["DISEASE"], b[0]["DISEASE"])
+
+
+def test_training_resumes_by_keeping_finished_members(overfit_ensemble, tmp_path):
+    seen = []
+    encoder = json.loads((overfit_ensemble / "ensemble.json").read_text())["members"][0]["encoder"]
+    train_ensemble(two_docs(), out=overfit_ensemble, encoders=[encoder],
+                   classes=["DISEASE"], on_member=lambda name, what: seen.append(what))
+    manifest = json.loads((overfit_ensemble / "ensemble.json").read_text())
+    assert seen == ["kept"] and len(manifest["members"]) == 1
+
+
+def test_training_on_other_data_into_the_same_folder_is_refused(overfit_ensemble):
+    docs = two_docs()[:1]
+    with pytest.raises(ValueError, match="trained on other data"):
+        train_ensemble(docs, out=overfit_ensemble, encoders=["x"], classes=["DISEASE"])
+
+
+def test_missing_member_is_a_clear_error(overfit_ensemble, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(overfit_ensemble, broken)
+    member = json.loads((broken / "ensemble.json").read_text())["members"][0]["path"]
+    shutil.rmtree(broken / member)
+    with pytest.raises(FileNotFoundError, match="has no model at"):
+        Ensemble.load(broken)
+    with pytest.raises(FileNotFoundError, match="no ensemble manifest"):
+        Ensemble.load(tmp_path)
+
+
+def test_folds_keep_translations_of_one_case_together():
+    assert document_group("case12_en") == document_group("case12_ro") == "case12"
+    assert document_group("casos_clinicos_cardiologia10") == "casos_clinicos_cardiologia10"
+    assert {fold_of(f"case{i}_{lang}", 3) for lang in ("es", "en", "cz") for i in [7]} \
+        == {fold_of("case7", 3)}
+
+
+def test_xlmr_tokenizer_windows_on_long_multilingual_text(tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = tiny_xlmr(tmp_path / "xlmr")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    text = " ".join(["Pacientul prezintă durere toracică; ţesut, švédština, ärr (grad II)."] * 60)
+    win = tokenize_windows(tokenizer, [text, "", "   "], max_length=64, stride=8)
+    docs = win["doc_index"]
+    assert docs.count(0) > 10 and docs.count(1) == 1 and docs.count(2) == 1
+    for offsets, ids in zip(win["offset_mapping"], win["input_ids"]):
+        assert len(ids) <= 64
+        assert offsets[0] == (0, 0) and offsets[-1] == (0, 0)  # <s> and </s>
+    # consecutive windows of the long text share 8 tokens
+    w0, w1 = win["offset_mapping"][0], win["offset_mapping"][1]
+    assert w0[-9:-1] == w1[1:9]
+    ensemble_dir = tmp_path / "ens"
+    docs_ = [Document("x", text, spans=[Span("x", "SYMPTOM", 20, 36)])]
+    train_ensemble(docs_, out=ensemble_dir, encoders=[str(folder)], classes=["SYMPTOM"],
+                   config=TrainConfig(max_steps=1, warmup_steps=0, batch_size=2, max_length=64,
+                                      stride=8))
+    ens = Ensemble.load(ensemble_dir, InferenceConfig(device="cpu", max_length=64, stride=8))
+    out = ens.char_probs([text, "", "   ", "\u200b\u200b"], ["SYMPTOM"])
+    assert [o["SYMPTOM"].shape for o in out] == [(len(text),), (0,), (3,), (2,)]
+    assert all(np.isfinite(o["SYMPTOM"]).all() for o in out)
+    assert out[2]["SYMPTOM"].tolist() == [0.0, 0.0, 0.0]
