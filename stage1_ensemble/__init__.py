@@ -4,7 +4,7 @@ A library of strings, arrays and (start, end) pairs; it knows nothing of corpora
 beyond its own ensemble folder.
 """
 
-from stage1_ensemble.decode import decode_spans
-from stage1_ensemble.project import project, weighted_mean
+from stage1_ensemble.decode import decode_batch, decode_spans
+from stage1_ensemble.project import project, project_batch, weighted_mean
 
-__all__ = ["decode_spans", "project", "weighted_mean"]
+__all__ = ["decode_batch", "decode_spans", "project", "project_batch", "weighted_mean"]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from stage1_ensemble.config import InferenceConfig
-from stage1_ensemble.project import CharAccumulator
+from stage1_ensemble.project import project_batch
 from stage1_ensemble.windows import tokenize_windows
 
 
@@ -60,14 +60,7 @@ class MemberRunner:
 
     def char_probs(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Character probabilities for each text (float32, one per character)."""
-        accs = [CharAccumulator(t) for t in texts]
-        self.accumulate(texts, accs)
-        return [acc.result() for acc in accs]
-
-    def accumulate(self, texts: Sequence[str], accs: Sequence[CharAccumulator],
-                   weight: float = 1.0) -> None:
-        """Add this member's token probabilities onto the texts' accumulators."""
         windows = self.windows(texts)
-        for doc, offsets, probs in zip(windows["doc_index"], windows["offset_mapping"],
-                                       self.window_probs(windows)):
-            accs[doc].add(np.asarray(offsets), probs, weight)
+        probs = self.window_probs(windows)
+        return project_batch(texts, list(zip(windows["doc_index"], windows["offset_mapping"],
+                                             probs)))

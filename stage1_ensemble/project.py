@@ -9,18 +9,11 @@ tokens that cover only whitespace carry no probability.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-# Every code point that str.isspace() accepts.
-_SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
-
-
-def code_points(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-
-
-def space_mask(text: str) -> np.ndarray:
-    return np.isin(code_points(text), _SPACES)
+from stage1_ensemble.chars import space_mask
 
 
 class CharAccumulator:
@@ -84,6 +77,32 @@ def fill_uncovered(probs: np.ndarray, covered: np.ndarray) -> np.ndarray:
     from_left = np.where(left >= 0, padded[left], 0.0)
     from_right = padded[right]
     return np.where(covered, probs, np.minimum(from_left, from_right))
+
+
+def project_batch(texts: Sequence[str],
+                  windows: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """Character probabilities of many texts at once: ``windows`` holds (text index,
+    offsets, token probabilities). One pass over the joined texts, whose separators count as
+    covered with probability 0, so nothing leaks from one text into the next."""
+    from stage1_ensemble.decode import SEPARATOR
+
+    if not texts:
+        return []
+    lengths = np.array([len(t) for t in texts])
+    bases = np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
+    acc = CharAccumulator(SEPARATOR.join(texts))
+    if windows:
+        docs = np.concatenate([np.full(len(o), d) for d, o, _ in windows])
+        offsets = np.concatenate([np.asarray(o, dtype=np.int64).reshape(-1, 2)
+                                  for _, o, _ in windows])
+        probs = np.concatenate([np.asarray(p, dtype=np.float64) for _, _, p in windows])
+        # offsets past a text's end are clipped to it; zero-width offsets stay zero-width
+        offsets = np.minimum(offsets, lengths[docs][:, None]) + bases[docs][:, None]
+        acc.add(offsets, probs)
+    seps = bases[1:] - 1
+    acc.add(np.stack([seps, seps + 1], axis=1), np.zeros(len(seps)))
+    joined = acc.result()
+    return [joined[b : b + n] for b, n in zip(bases.tolist(), lengths.tolist())]
 
 
 def project(text: str, windows: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

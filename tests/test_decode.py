@@ -128,3 +128,24 @@ def test_uncovered_edges_and_weighted_mean():
     assert fill_uncovered(probs, covered).tolist() == [0.0, 0.5, 0.5, 0.9, 0.0]
     mean = weighted_mean([np.array([0.0, 1.0]), np.array([1.0, 1.0])], [1.0, 3.0])
     assert mean.tolist() == pytest.approx([0.75, 1.0])
+
+
+def test_batch_projection_and_decoding_equal_one_text_at_a_time():
+    from stage1_ensemble import decode_batch, project_batch
+
+    rng = np.random.default_rng(1)
+    texts = ["  dolor torácico ", "", "fiebre", "a b c\r\nd", "   "]
+    windows = []
+    for i, text in enumerate(texts):
+        for _ in range(2):  # two overlapping windows per text
+            cuts = sorted(set(rng.integers(0, len(text) + 1, size=4).tolist()))
+            offs = np.array([[0, 0]] + [[a, b] for a, b in zip(cuts, cuts[1:])] + [[0, 0]])
+            windows.append((i, offs, rng.random(len(offs))))
+    batch = project_batch(texts, windows)
+    single = [project(t, [(o, p) for d, o, p in windows if d == i]) for i, t in enumerate(texts)]
+    for a, b in zip(batch, single):
+        assert a == pytest.approx(b)
+    for t in (0.3, 0.5, 0.7):
+        assert decode_batch(texts, single, t) == [decode_spans(x, p, t)
+                                                  for x, p in zip(texts, single)]
+    assert decode_batch([], [], 0.5) == []
