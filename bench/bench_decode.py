@@ -93,8 +93,8 @@ def main() -> None:
         cum = gold_cumsum(len(doc.text), [(s.start, s.end) for s in doc.spans
                                           if s.label == "DISEASE"])
         windows = []
-        for offsets in win["offset_mapping"]:
-            off = np.asarray(offsets, dtype=np.int64)
+        for i in range(len(win)):
+            off = win.row(i)[1]
             gold = (cum[np.minimum(off[:, 1], len(doc.text))] - cum[off[:, 0]]) > 0
             probs = np.clip(np.where(gold, 0.8, 0.15) + rng.normal(0, 0.15, len(off)), 0, 1)
             windows.append((off, probs))
@@ -104,7 +104,7 @@ def main() -> None:
     t0 = time.perf_counter()
     texts = [t for t, _ in cases]
     flat = [(i, o, p) for i, (_, w) in enumerate(cases) for o, p in w]
-    fast = decode_batch(texts, project_batch(texts, flat), 0.5)
+    fast = decode_batch(texts, project_batch(texts, *zip(*flat)), 0.5)
     t_fast = time.perf_counter() - t0
     t0 = time.perf_counter()
     slow = [python_decode(t, python_project(t, w), 0.5) for t, w in cases]

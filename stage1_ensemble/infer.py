@@ -9,7 +9,7 @@ import torch
 
 from stage1_ensemble.config import InferenceConfig
 from stage1_ensemble.project import project_batch
-from stage1_ensemble.windows import tokenize_windows
+from stage1_ensemble.windows import Windows, tokenize_windows
 
 
 def pick_device(config: InferenceConfig) -> torch.device:
@@ -32,35 +32,42 @@ class MemberRunner:
         self.model = model.to(self.device, dtype=dtype).eval()
         self.tokenizer = tokenizer
 
-    def windows(self, texts: Sequence[str]) -> dict[str, list]:
+    def windows(self, texts: Sequence[str]) -> Windows:
         return tokenize_windows(self.tokenizer, texts, max_length=self.config.max_length,
                                 stride=self.config.stride)
 
     @torch.inference_mode()
-    def window_probs(self, windows: dict[str, list]) -> list[np.ndarray]:
-        """Positive-class probability of every token of every window (input order)."""
-        ids = windows["input_ids"]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-        out: list[np.ndarray | None] = [None] * len(ids)
-        pad = self.tokenizer.pad_token_id or 0
+    def window_probs(self, windows: Windows) -> np.ndarray:
+        """Positive-class probability of every token of every window, (W, L) like the
+        windows' input_ids (padding included; its offsets are zero-width).
+
+        Windows are sorted by length so that batches carry little padding; results stay on
+        the device until every batch has been queued, then come back in one transfer each,
+        so the accelerator never waits for the host between batches.
+        """
+        lengths = windows.lengths
+        order = np.argsort(-lengths, kind="stable")
+        pending = []
         for b in range(0, len(order), self.config.batch_size):
             batch = order[b : b + self.config.batch_size]
-            width = len(ids[batch[0]])
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                mask[row, : len(ids[i])] = 1
-            logits = self.model(input_ids=input_ids.to(self.device),
-                                attention_mask=mask.to(self.device)).logits
-            probs = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()
-            for row, i in enumerate(batch):
-                out[i] = probs[row, : len(ids[i])]
-        return out  # type: ignore[return-value]
+            width = int(lengths[batch[0]])
+            input_ids = torch.from_numpy(windows.input_ids[batch, :width])
+            # A batch without padding needs no mask, which lets SDPA pick its fastest kernel.
+            mask = None
+            if lengths[batch[-1]] < width:
+                mask = torch.from_numpy(
+                    (np.arange(width)[None, :] < lengths[batch][:, None]).astype(np.int64)
+                ).to(self.device, non_blocking=True)
+            logits = self.model(input_ids=input_ids.to(self.device, non_blocking=True),
+                                attention_mask=mask).logits
+            pending.append((batch, width, torch.softmax(logits.float(), dim=-1)[..., 1]))
+        out = np.zeros(windows.input_ids.shape, dtype=np.float32)
+        for batch, width, probs in pending:
+            out[batch, :width] = probs.cpu().numpy()
+        return out
 
     def char_probs(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Character probabilities for each text (float32, one per character)."""
         windows = self.windows(texts)
-        probs = self.window_probs(windows)
-        return project_batch(texts, list(zip(windows["doc_index"], windows["offset_mapping"],
-                                             probs)))
+        return project_batch(texts, windows.doc_index, windows.offsets,
+                             self.window_probs(windows))

@@ -79,11 +79,16 @@ def fill_uncovered(probs: np.ndarray, covered: np.ndarray) -> np.ndarray:
     return np.where(covered, probs, np.minimum(from_left, from_right))
 
 
-def project_batch(texts: Sequence[str],
-                  windows: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-    """Character probabilities of many texts at once: ``windows`` holds (text index,
-    offsets, token probabilities). One pass over the joined texts, whose separators count as
-    covered with probability 0, so nothing leaks from one text into the next."""
+def project_batch(texts: Sequence[str], doc_index: Sequence[int],
+                  offsets: np.ndarray | Sequence[np.ndarray],
+                  probs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Character probabilities of many texts at once.
+
+    Window ``w`` belongs to text ``doc_index[w]``; ``offsets`` is (W, L, 2) and ``probs``
+    (W, L) as padded arrays (padding has zero-width offsets), or one array a window. One pass
+    over the joined texts, whose separators count as covered with probability 0, so nothing
+    leaks from one text into the next.
+    """
     from stage1_ensemble.decode import SEPARATOR
 
     if not texts:
@@ -91,18 +96,27 @@ def project_batch(texts: Sequence[str],
     lengths = np.array([len(t) for t in texts])
     bases = np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
     acc = CharAccumulator(SEPARATOR.join(texts))
-    if windows:
-        docs = np.concatenate([np.full(len(o), d) for d, o, _ in windows])
-        offsets = np.concatenate([np.asarray(o, dtype=np.int64).reshape(-1, 2)
-                                  for _, o, _ in windows])
-        probs = np.concatenate([np.asarray(p, dtype=np.float64) for _, _, p in windows])
+    docs, offs, p = _flatten(np.asarray(doc_index, dtype=np.int64), offsets, probs)
+    if len(docs):
         # offsets past a text's end are clipped to it; zero-width offsets stay zero-width
-        offsets = np.minimum(offsets, lengths[docs][:, None]) + bases[docs][:, None]
-        acc.add(offsets, probs)
+        offs = np.minimum(offs, lengths[docs][:, None]) + bases[docs][:, None]
+        acc.add(offs, p)
     seps = bases[1:] - 1
     acc.add(np.stack([seps, seps + 1], axis=1), np.zeros(len(seps)))
     joined = acc.result()
     return [joined[b : b + n] for b, n in zip(bases.tolist(), lengths.tolist())]
+
+
+def _flatten(doc_index: np.ndarray, offsets, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if isinstance(offsets, np.ndarray) and offsets.ndim == 3:
+        width = offsets.shape[1]
+        return (np.repeat(doc_index, width), offsets.reshape(-1, 2),
+                np.asarray(probs, dtype=np.float64).reshape(-1))
+    if len(offsets) == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0)
+    return (np.concatenate([np.full(len(o), d) for d, o in zip(doc_index, offsets)]),
+            np.concatenate([np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in offsets]),
+            np.concatenate([np.asarray(x, dtype=np.float64) for x in probs]))
 
 
 def project(text: str, windows: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

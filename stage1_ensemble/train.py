@@ -42,10 +42,11 @@ def window_dataset(docs: Dataset, tokenizer, config: TrainConfig) -> Dataset:
                                stride=config.stride)
         cums = [gold_cumsum(len(t), list(zip(s, e)))
                 for t, s, e in zip(batch["text"], batch["starts"], batch["ends"])]
-        labels = [token_labels(off, cums[d])
-                  for off, d in zip(win["offset_mapping"], win["doc_index"])]
-        return {"input_ids": win["input_ids"], "attention_mask": win["attention_mask"],
-                "labels": labels}
+        rows = [win.row(i) for i in range(len(win))]
+        return {"input_ids": [ids for ids, _ in rows],
+                "attention_mask": [[1] * len(ids) for ids, _ in rows],
+                "labels": [token_labels(off, cums[d])
+                           for (_, off), d in zip(rows, win.doc_index.tolist())]}
 
     return docs.map(make_windows, batched=True, remove_columns=docs.column_names)
 

@@ -4,29 +4,71 @@ tokenizer's own overflow and offset support, and the binary token labels for tra
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 IGNORE = -100  # label of special tokens and padding: no loss
 
 
+@dataclass
+class Windows:
+    """Token windows of many texts as padded arrays (one row a window)."""
+
+    input_ids: np.ndarray  # (W, L) int64, padded with the tokenizer's pad id
+    offsets: np.ndarray  # (W, L, 2) character ranges; (0, 0) on special tokens and padding
+    lengths: np.ndarray  # (W,) tokens in each window
+    doc_index: np.ndarray  # (W,) which text each window comes from
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def row(self, i: int) -> tuple[list[int], np.ndarray]:
+        n = int(self.lengths[i])
+        return self.input_ids[i, :n].tolist(), self.offsets[i, :n]
+
+
 def tokenize_windows(tokenizer, texts: Sequence[str], *, max_length: int = 512,
-                     stride: int = 32) -> dict[str, list]:
-    """input_ids, attention_mask, offset_mapping and ``doc_index`` (which text) per window."""
+                     stride: int = 32) -> Windows:
+    """The windows of ``texts``; every text gets at least one (an empty text: specials only)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: character "
                          "offsets need one")
+    if not texts:
+        empty = np.zeros((0, 0), dtype=np.int64)
+        return Windows(empty, np.zeros((0, 0, 2), dtype=np.int64), np.zeros(0, np.int64),
+                       np.zeros(0, np.int64))
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, stride=stride,
                     return_overflowing_tokens=True, return_offsets_mapping=True,
-                    return_special_tokens_mask=True)
-    doc_index = enc.pop("overflow_to_sample_mapping")
-    special = enc.pop("special_tokens_mask")
-    # Special tokens carry no probability: give them zero-width offsets whatever the
-    # tokenizer says.
-    offsets = [[(0, 0) if sp else tuple(o) for o, sp in zip(offs, sps)]
-               for offs, sps in zip(enc["offset_mapping"], special)]
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-            "offset_mapping": offsets, "doc_index": list(doc_index)}
+                    return_special_tokens_mask=True, padding="longest", return_tensors="np")
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64)
+    # Special tokens and padding carry no probability: zero-width, whatever the tokenizer says.
+    offsets[np.asarray(enc["special_tokens_mask"]).astype(bool)] = 0
+    windows = Windows(np.asarray(enc["input_ids"], dtype=np.int64), offsets,
+                      np.asarray(enc["attention_mask"]).sum(axis=1).astype(np.int64),
+                      np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64))
+    check_coverage(texts, windows)
+    return windows
+
+
+def check_coverage(texts: Sequence[str], windows: Windows) -> None:
+    """Fail loudly if the windows of a text stop before its last letter or digit: a text
+    cut short would silently lose its mentions."""
+    reach = np.zeros(len(texts), dtype=np.int64)
+    if len(windows):
+        np.maximum.at(reach, windows.doc_index, windows.offsets[:, :, 1].max(axis=1))
+    for doc, text in enumerate(texts):
+        last = _last_word_char(text)
+        if last >= 0 and reach[doc] <= last:
+            raise RuntimeError(f"the tokenizer's windows cover text {doc} only up to character "
+                               f"{reach[doc]} of {len(text)}; its overflow support is broken")
+
+
+def _last_word_char(text: str) -> int:
+    for i in range(len(text) - 1, -1, -1):
+        if text[i].isalnum():
+            return i
+    return -1
 
 
 def token_labels(offsets: Sequence[tuple[int, int]], gold_mask_cumsum: np.ndarray) -> list[int]:

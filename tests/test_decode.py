@@ -141,7 +141,8 @@ def test_batch_projection_and_decoding_equal_one_text_at_a_time():
             cuts = sorted(set(rng.integers(0, len(text) + 1, size=4).tolist()))
             offs = np.array([[0, 0]] + [[a, b] for a, b in zip(cuts, cuts[1:])] + [[0, 0]])
             windows.append((i, offs, rng.random(len(offs))))
-    batch = project_batch(texts, windows)
+    batch = project_batch(texts, [d for d, _, _ in windows], [o for _, o, _ in windows],
+                          [p for _, _, p in windows])
     single = [project(t, [(o, p) for d, o, p in windows if d == i]) for i, t in enumerate(texts)]
     for a, b in zip(batch, single):
         assert a == pytest.approx(b)

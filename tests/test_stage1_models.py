@@ -95,14 +95,16 @@ def test_xlmr_tokenizer_windows_on_long_multilingual_text(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     text = " ".join(["Pacientul prezintă durere toracică; ţesut, švédština, ärr (grad II)."] * 60)
     win = tokenize_windows(tokenizer, [text, "", "   "], max_length=64, stride=8)
-    docs = win["doc_index"]
+    docs = win.doc_index.tolist()
     assert docs.count(0) > 10 and docs.count(1) == 1 and docs.count(2) == 1
-    for offsets, ids in zip(win["offset_mapping"], win["input_ids"]):
+    for i in range(len(win)):
+        ids, offsets = win.row(i)
         assert len(ids) <= 64
-        assert offsets[0] == (0, 0) and offsets[-1] == (0, 0)  # <s> and </s>
-    # consecutive windows of the long text share 8 tokens
-    w0, w1 = win["offset_mapping"][0], win["offset_mapping"][1]
-    assert w0[-9:-1] == w1[1:9]
+        assert offsets[0].tolist() == [0, 0] and offsets[-1].tolist() == [0, 0]  # <s>, </s>
+    # consecutive windows of the long text share 8 tokens, and reach its end
+    w0, w1 = win.row(0)[1], win.row(1)[1]
+    assert w0[-9:-1].tolist() == w1[1:9].tolist()
+    assert win.offsets[docs.count(0) - 1].max() == len(text)
     ensemble_dir = tmp_path / "ens"
     docs_ = [Document("x", text, spans=[Span("x", "SYMPTOM", 20, 36)])]
     train_ensemble(docs_, out=ensemble_dir, encoders=[str(folder)], classes=["SYMPTOM"],
