@@ -30,6 +30,7 @@ class ReadReport:
     bom_stripped: list[str] = field(default_factory=list)
     dropped_labels: Counter = field(default_factory=Counter)
     skipped: list[str] = field(default_factory=list)  # lenient mode: one message per bad item
+    failed_documents: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
 
     def skip(self, error: CorpusError, lenient: bool) -> None:
         """Raise ``error``, or under ``lenient`` count it and go on."""

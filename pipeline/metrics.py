@@ -60,32 +60,39 @@ class Counts:
         return {"strict": rounded(self.strict()), "char_f1": rounded(self.char())}
 
 
-def best_overlaps(gold: list[tuple[int, int]], pred: list[tuple[int, int]],
-                  ) -> tuple[list[float], list[float]]:
-    """Best Dice overlap of each gold span and of each prediction (lists in the input order).
+def overlap_pairs(gold: list[tuple[int, int]], pred: list[tuple[int, int]],
+                  ) -> list[tuple[int, int, float]]:
+    """(gold index, prediction index, Dice overlap) of every overlapping pair.
 
     One sweep over both lists sorted by start; each span meets only the spans of the other
     list still open at its start, so the work grows with the overlapping pairs, not with
     len(gold) × len(pred).
     """
-    best_g, best_p = [0.0] * len(gold), [0.0] * len(pred)
+    pairs = []
     events = sorted([(s, e, 0, i) for i, (s, e) in enumerate(gold)]
                     + [(s, e, 1, i) for i, (s, e) in enumerate(pred)])
-    open_spans: tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]] = ([], [])
-    best = (best_g, best_p)
+    open_spans: list[list[tuple[int, int, int]]] = [[], []]
     for start, end, side, i in events:
         other = 1 - side
         # Spans of the other side that end at or before this start can meet no later span.
-        alive = [x for x in open_spans[other] if x[1] > start]
-        open_spans = (alive, open_spans[1]) if other == 0 else (open_spans[0], alive)
+        alive = open_spans[other] = [x for x in open_spans[other] if x[1] > start]
         for o_start, o_end, j in alive:
             inter = min(end, o_end) - start  # o_start <= start < o_end
             dice = 2 * inter / ((end - start) + (o_end - o_start))
-            if dice > best[side][i]:
-                best[side][i] = dice
-            if dice > best[other][j]:
-                best[other][j] = dice
+            pairs.append((i, j, dice) if side == 0 else (j, i, dice))
         open_spans[side].append((start, end, i))
+    return pairs
+
+
+def best_overlaps(gold: list[tuple[int, int]], pred: list[tuple[int, int]],
+                  ) -> tuple[list[float], list[float]]:
+    """Best Dice overlap of each gold span and of each prediction (lists in the input order)."""
+    best_g, best_p = [0.0] * len(gold), [0.0] * len(pred)
+    for i, j, dice in overlap_pairs(gold, pred):
+        if dice > best_g[i]:
+            best_g[i] = dice
+        if dice > best_p[j]:
+            best_p[j] = dice
     return best_g, best_p
 
 

@@ -124,7 +124,12 @@ def read_brat(folder: Path, *, label_map: dict[str, str] | None = None,
                     lenient)
     for stem in sorted(stems):
         txt = folder / f"{stem}.txt"
-        text = read_text(txt, report)
+        try:
+            text = read_text(txt, report)
+        except CorpusError as exc:  # an unreadable document: stop, or skip it and say so
+            report.skip(exc, lenient)
+            report.failed_documents.append((stem, exc.reason))
+            continue
         ann = ann_folder / f"{stem}.ann"
         spans = []
         if ann.exists():

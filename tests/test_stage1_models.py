@@ -11,7 +11,7 @@ from stage1_ensemble import decode_spans
 from stage1_ensemble.config import InferenceConfig, TrainConfig
 from stage1_ensemble.ensemble import Ensemble
 from stage1_ensemble.windows import tokenize_windows
-from tests.tiny_models import SENTENCES, tiny_bert_encoder, tiny_xlmr
+from tests.tiny_models import SENTENCES, tiny_xlmr
 
 GOLD = {0: ["diabetes mellitus"], 1: ["neumonía"]}
 
@@ -26,14 +26,8 @@ def two_docs() -> list[Document]:
 
 
 @pytest.fixture(scope="module")
-def overfit_ensemble(tmp_path_factory):
-    root = tmp_path_factory.mktemp("overfit")
-    encoder = tiny_bert_encoder(root / "encoder")
-    config = TrainConfig(learning_rate=3e-3, warmup_steps=0, max_steps=120, batch_size=2,
-                         logging_steps=1000, max_length=64, stride=8)
-    train_ensemble(two_docs(), out=root / "ens", encoders=[str(encoder)], classes=["DISEASE"],
-                   n_folds=1, config=config)
-    return root / "ens"
+def overfit_ensemble(tiny_ensemble):
+    return tiny_ensemble
 
 
 def spans_of(ensemble: Ensemble) -> list[list[str]]:

@@ -1,0 +1,63 @@
+"""Options and loaders shared by run, tune and ablate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+BACKENDS = ("vllm", "openai", "hf")
+
+
+def default_backend() -> str:
+    """The embedded vLLM engine where vLLM is installed, transformers otherwise."""
+    try:
+        import vllm  # noqa: F401
+
+        return "vllm"
+    except ImportError:
+        return "hf"
+
+
+def load_ensemble(path: Path):
+    from stage1_ensemble.ensemble import Ensemble
+
+    try:
+        return Ensemble.load(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise PipelineError(str(exc)) from None
+
+
+def char_cache(cache_dir: Path, ensemble):
+    from stage1_ensemble.ensemble import CharProbCache
+
+    return CharProbCache(cache_dir / "charprobs", ensemble.identity)
+
+
+def load_llm(llm: str | None, backend: str | None, urls: list[str] | None, cache_dir: Path,
+             max_context_tokens: int = 1024):
+    if llm is None:
+        return None
+    from stage2_rerank import load_scorer
+
+    backend = backend or default_backend()
+    if backend not in BACKENDS:
+        raise PipelineError(f"unknown --llm-backend {backend!r}; choose from {BACKENDS}")
+    options: dict = {}
+    if backend == "openai":
+        options["urls"] = urls or ["http://127.0.0.1:8000"]
+    try:
+        return load_scorer(backend, llm, cache_dir=cache_dir,
+                           max_context_tokens=max_context_tokens, **options)
+    except FileNotFoundError as exc:
+        raise PipelineError(str(exc)) from None
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise PipelineError(f"--shard must look like 0/4, not {shard!r}") from None
+    if not 0 <= i < n:
+        raise PipelineError(f"--shard {shard}: the index must be in 0..{n - 1}")
+    return i, n

@@ -1,0 +1,95 @@
+"""``pipeline run``: both stages over a corpus, resumable, with progress."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli import app
+
+
+@app.command("run")
+def run_command(
+    ensemble: Annotated[Path, typer.Option(help="Ensemble folder (from `pipeline train`).")],
+    input: Annotated[Path, typer.Option(help="Corpus to annotate (any supported layout).")],
+    output: Annotated[Path, typer.Option(help="Output folder (parts, predictions, summary).")],
+    llm: Annotated[str | None, typer.Option(help="Re-ranker model folder; none: the ensemble "
+                                                 "alone.")] = None,
+    llm_backend: Annotated[str | None, typer.Option(
+        help="vllm (in-process), openai (servers by --llm-url) or hf. Default: vllm where "
+             "installed, else hf.")] = None,
+    llm_url: Annotated[list[str] | None, typer.Option(help="vLLM server URL; repeat for "
+                                                           "replicas.")] = None,
+    stage1_threshold: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.6,
+    stage2_threshold: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
+    thresholds: Annotated[Path | None, typer.Option(help="Per-class thresholds from `pipeline "
+                                                         "tune` (override the two above).")] = None,
+    format: Annotated[str, typer.Option(help="Comma-separated: tsv, jsonl, brat.")] = "tsv,jsonl",
+    shard: Annotated[str, typer.Option(help="i/n: this machine's share of the corpus.")] = "0/1",
+    chunk_size: Annotated[int, typer.Option(min=1, help="Documents per batch.")] = 16,
+    cache_dir: Annotated[Path | None, typer.Option(help="Character-probability and LLM-score "
+                                                        "cache (default: ENSEMBLE/cache).")] = None,
+    texts: Annotated[Path | None, typer.Option(help="Text folder of a TSV input.")] = None,
+) -> None:
+    """Propose spans with the ensemble, judge them with the LLM, write what is kept.
+    Killed at any moment, the same command continues where it stopped."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from pipeline.cli.common import char_cache, load_ensemble, load_llm, parse_shard
+    from pipeline.errors import ReadReport
+    from pipeline.readers import detect_format, open_corpus
+    from pipeline.run import run_pipeline
+    from pipeline.thresholds import Thresholds
+
+    ens = load_ensemble(ensemble)
+    cache = cache_dir or ensemble / "cache"
+    th = Thresholds.load(thresholds) if thresholds else Thresholds.uniform(stage1_threshold,
+                                                                           stage2_threshold)
+    scorer = load_llm(llm, llm_backend, llm_url, cache)
+    formats = [f.strip() for f in format.split(",") if f.strip()]
+    report = ReadReport()
+    docs = open_corpus(input, texts=texts, lenient=True, report=report,
+                       classes=tuple(ens.classes))
+    total = len(list(input.glob("*.txt"))) if detect_format(input) in ("brat", "txt") else None
+    settings = {"ensemble": ens.identity, "llm": scorer.identity if scorer else None,
+                "thresholds": th.model_dump(), "formats": sorted(formats), "shard": shard,
+                "chunk_size": chunk_size, "input": str(input.resolve())}
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} docs"),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  transient=False) as progress:
+        task = progress.add_task("pipeline run", total=total, rate="")
+
+        def on_chunk(summary, n: int) -> None:
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            done = summary.written + summary.empty + len(summary.failed)
+            progress.update(task, advance=n, rate=f"{done / elapsed:.2f} docs/s, "
+                                                  f"{summary.candidates / elapsed:.1f} cand/s")
+
+        summary = run_pipeline(docs, out=output, ensemble=ens, scorer=scorer, thresholds=th,
+                               settings=settings, formats=formats, shard=parse_shard(shard),
+                               chunk_size=chunk_size, char_cache=char_cache(cache, ens),
+                               on_chunk=on_chunk, unreadable=report.failed_documents)
+    s = summary.as_dict()
+    typer.echo(f"{output}: {s['written']} documents written, {s['empty']} empty, "
+               f"{s['failed']} failed; {s['candidates']} candidates, {s['llm_calls']} LLM calls, "
+               f"{s['kept_spans']} spans kept; seconds {s['seconds']}")
+    for item in s["failures"]:
+        typer.echo(f"failed: {item['id']}: {item['reason']}", err=True)
+
+
+@app.command("merge")
+def merge_command(
+    output: Annotated[Path, typer.Option(help="Folder for the merged outputs.")],
+    shards: Annotated[list[Path], typer.Argument(help="Output folders of the shard runs.")],
+    format: Annotated[str, typer.Option(help="Comma-separated: tsv, jsonl, brat.")] = "tsv,jsonl",
+) -> None:
+    """Join the outputs of `pipeline run --shard i/n` runs (sorted by document id)."""
+    from pipeline.run import assemble
+
+    output.mkdir(parents=True, exist_ok=True)
+    assemble(output, shards, [f.strip() for f in format.split(",")], sort=True)
+    typer.echo(f"merged {len(shards)} shard folders into {output}")

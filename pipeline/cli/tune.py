@@ -1,0 +1,101 @@
+"""``pipeline tune`` and ``pipeline ablate``: thresholds from gold data, and the table that
+says whether the re-ranker helps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli import app
+
+Subset = Annotated[str, typer.Option(help="i/n: use only this share of the gold documents "
+                                          "(e.g. tune on 0/2, ablate on 1/2).")]
+
+
+def gold_documents(gold: Path, subset: str, classes):
+    from pipeline.cli.common import parse_shard
+    from pipeline.readers import open_corpus
+    from pipeline.run import in_shard
+
+    part = parse_shard(subset)
+    return [d for d in open_corpus(gold, classes=tuple(classes)) if in_shard(d.id, part)]
+
+
+@app.command("tune")
+def tune_command(
+    ensemble: Annotated[Path, typer.Option(help="Ensemble folder.")],
+    gold: Annotated[Path, typer.Option(help="Gold corpus to tune on.")],
+    out: Annotated[Path, typer.Option(help="thresholds.json to write (a heat map PNG beside).")],
+    llm: Annotated[str | None, typer.Option(help="Re-ranker model; none: stage 1 only.")] = None,
+    llm_backend: Annotated[str | None, typer.Option()] = None,
+    llm_url: Annotated[list[str] | None, typer.Option()] = None,
+    objective: Annotated[str, typer.Option(help="char_f1 or strict_f1.")] = "char_f1",
+    route_tolerance: Annotated[float, typer.Option(help="Objective that routing may lose.")] = 0.0,
+    subset: Subset = "0/1",
+    cache_dir: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Sweep both thresholds jointly per class; write thresholds.json with the figures."""
+    from pipeline.cli.common import char_cache, load_ensemble, load_llm
+    from pipeline.errors import PipelineError
+    from pipeline.tune import collect, heatmaps, thresholds_from, tune_class
+
+    if objective not in ("char_f1", "strict_f1"):
+        raise PipelineError(f"--objective must be char_f1 or strict_f1, not {objective!r}")
+    ens = load_ensemble(ensemble)
+    cache = cache_dir or ensemble / "cache"
+    scorer = load_llm(llm, llm_backend, llm_url, cache)
+    docs = gold_documents(gold, subset, ens.classes)
+    typer.echo(f"tuning on {len(docs)} documents", err=True)
+    sets = collect(docs, ens, scorer, char_cache=char_cache(cache, ens),
+                   on_step=lambda t: typer.echo(f"  candidates at stage-1 threshold {t}", err=True))
+    results = {cls: tune_class(s, objective=objective, with_llm=scorer is not None,
+                               route_tolerance=route_tolerance) for cls, s in sets.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(thresholds_from(results, objective).model_dump_json(indent=2))
+    heatmaps(results, objective, out.with_suffix(".png"))
+    for cls, r in results.items():
+        line = f"{cls}: ensemble alone t1={r['stage1_only']['stage1']} {objective}=" \
+               f"{r['stage1_only'][objective]:.4f}"
+        if "reranked" in r:
+            rr = r["reranked"]
+            line += (f"; re-ranked t1={rr['stage1']} t2={rr['stage2']} {objective}="
+                     f"{rr[objective]:.4f}; routing at {rr['route']} saves "
+                     f"{rr['llm_calls_without_routing'] - rr['llm_calls']} of "
+                     f"{rr['llm_calls_without_routing']} LLM calls")
+        typer.echo(line)
+    typer.echo(f"wrote {out}")
+
+
+@app.command("ablate")
+def ablate_command(
+    ensemble: Annotated[Path, typer.Option(help="Ensemble folder.")],
+    gold: Annotated[Path, typer.Option(help="Gold corpus to report on.")],
+    thresholds: Annotated[Path, typer.Option(help="thresholds.json from `pipeline tune`.")],
+    out: Annotated[Path, typer.Option(help="Folder for ablation.md, ablation.json, pr.png.")],
+    llm: Annotated[str | None, typer.Option(help="Re-ranker model.")] = None,
+    llm_backend: Annotated[str | None, typer.Option()] = None,
+    llm_url: Annotated[list[str] | None, typer.Option()] = None,
+    subset: Subset = "0/1",
+    cache_dir: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Ensemble alone (paper's 0.8, tuned) vs re-ranked, per language × class, with counts."""
+    from pipeline.ablate import ablate, markdown, pr_curves
+    from pipeline.cli.common import char_cache, load_ensemble, load_llm
+    from pipeline.thresholds import Thresholds
+
+    ens = load_ensemble(ensemble)
+    cache = cache_dir or ensemble / "cache"
+    scorer = load_llm(llm, llm_backend, llm_url, cache)
+    tuned = Thresholds.load(thresholds)
+    docs = gold_documents(gold, subset, ens.classes)
+    cc = char_cache(cache, ens)
+    report = ablate(docs, ens, scorer, tuned, char_cache=cc)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(report, indent=2))
+    text = markdown(report)
+    (out / "ablation.md").write_text(text)
+    pr_curves(docs, ens, scorer, tuned, out / "pr.png", char_cache=cc)
+    typer.echo(text)

@@ -1,0 +1,77 @@
+"""The two stages over documents: propose candidates (stage 1), score them (stage 2), keep.
+
+Each step is a function over a batch of documents, testable alone; ``pipeline.run`` strings
+them together for large corpora, ``pipeline.tune`` and ``pipeline.ablate`` reuse them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipeline.documents import Document, Span
+from pipeline.thresholds import Thresholds
+from stage1_ensemble.decode import decode_batch
+from stage1_ensemble.ensemble import CharProbCache, Ensemble, cached_char_probs
+
+
+def char_probabilities(docs: Sequence[Document], ensemble: Ensemble,
+                       cache: CharProbCache | None = None) -> list[dict[str, np.ndarray]]:
+    """{class: character probabilities} per document, for the classes it is predicted for."""
+    out: list[dict[str, np.ndarray]] = [{} for _ in docs]
+    for cls in ensemble.classes:
+        idx = [i for i, d in enumerate(docs) if cls in d.classes(tuple(ensemble.classes))]
+        if not idx:
+            continue
+        probs = cached_char_probs(ensemble, [docs[i].text for i in idx], [cls], cache)
+        for i, p in zip(idx, probs):
+            out[i][cls] = p[cls]
+    return out
+
+
+def propose(docs: Sequence[Document], probs: Sequence[dict[str, np.ndarray]],
+            thresholds: Thresholds) -> list[list[Span]]:
+    """Stage-1 candidates of each document, with their stage-1 scores."""
+    out: list[list[Span]] = [[] for _ in docs]
+    classes = sorted({c for p in probs for c in p})
+    for cls in classes:
+        idx = [i for i, p in enumerate(probs) if cls in p]
+        spans = decode_batch([docs[i].text for i in idx], [probs[i][cls] for i in idx],
+                             thresholds.of(cls).stage1)
+        for i, found in zip(idx, spans):
+            out[i] += [Span(docs[i].id, cls, s, e, stage1_score=score) for s, e, score in found]
+    for spans in out:
+        spans.sort(key=lambda s: (s.start, s.end, s.label))
+    return out
+
+
+def needs_llm(span: Span, thresholds: Thresholds) -> bool:
+    route = thresholds.of(span.label).route
+    return route is None or (span.stage1_score or 0.0) < route
+
+
+def rerank(docs: Sequence[Document], candidates: Sequence[Sequence[Span]], scorer,
+           thresholds: Thresholds) -> list[list[Span]]:
+    """Candidates with their stage-2 scores; those routed past the LLM keep stage2 None."""
+    from stage2_rerank import Candidate
+
+    asks: list[tuple[int, int]] = []
+    batch = []
+    for i, (doc, spans) in enumerate(zip(docs, candidates)):
+        for j, span in enumerate(spans):
+            if needs_llm(span, thresholds):
+                asks.append((i, j))
+                batch.append(Candidate(doc.text, span.start, span.end, span.label, doc.id,
+                                       doc.lang))
+    scores = scorer.score(batch) if batch else []
+    out = [list(spans) for spans in candidates]
+    for (i, j), p in zip(asks, scores):
+        out[i][j] = out[i][j].with_scores(stage2=p)
+    return out
+
+
+def keep(spans: Sequence[Span], thresholds: Thresholds) -> list[Span]:
+    """Spans that pass stage 2 (or were routed past it)."""
+    return [s for s in spans if s.stage2_score is None and not needs_llm(s, thresholds)
+            or s.stage2_score is not None and s.stage2_score >= thresholds.of(s.label).stage2]

@@ -1,0 +1,200 @@
+"""``pipeline run`` over large corpora: chunked, resumable, crash-safe, shardable.
+
+Documents stream in chunks; each finished chunk is written atomically as one part file, so a
+killed run continues at the first missing part, and the final outputs (assembled from the
+parts in order) are byte for byte those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from pipeline.documents import Document, Span
+from pipeline.errors import PipelineError
+from pipeline.predict import char_probabilities, keep, propose, rerank
+from pipeline.thresholds import Thresholds
+from pipeline.writers import atomic_write, brat_ann, jsonl_record, tsv_rows, write_tsv_header
+
+logger = logging.getLogger(__name__)
+FORMATS = ("tsv", "jsonl", "brat")
+
+
+@dataclass
+class RunSummary:
+    written: int = 0
+    empty: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    candidates: int = 0
+    llm_calls: int = 0
+    kept: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: {"stage1": 0.0, "stage2": 0.0,
+                                                               "other": 0.0})
+
+    def add(self, record: dict) -> None:
+        status = record["status"]
+        if status == "written":
+            self.written += 1
+        elif status == "empty":
+            self.empty += 1
+        else:
+            self.failed.append((record["id"], record.get("reason", "")))
+        self.kept += len(record.get("spans", []))
+
+    def as_dict(self) -> dict:
+        return {"written": self.written, "empty": self.empty, "failed": len(self.failed),
+                "failures": [{"id": i, "reason": r} for i, r in self.failed],
+                "candidates": self.candidates, "llm_calls": self.llm_calls,
+                "kept_spans": self.kept, "seconds": {k: round(v, 3)
+                                                     for k, v in self.seconds.items()}}
+
+
+def in_shard(doc_id: str, shard: tuple[int, int]) -> bool:
+    index, count = shard
+    return count == 1 or int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % count == index
+
+
+def chunked(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    it = iter(docs)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Refuse to mix a run into an output folder made with other settings."""
+    path = out / "run.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            changed = sorted(k for k in settings.keys() | old.keys()
+                             if settings.get(k) != old.get(k))
+            raise PipelineError(f"{out} holds a run with other settings ({', '.join(changed)}); "
+                                "use another --output or delete it")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(settings, indent=2, sort_keys=True))
+
+
+def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresholds,
+                  char_cache, summary: RunSummary) -> list[dict]:
+    """documents -> character probabilities -> candidates -> scores -> kept spans."""
+    live = [d for d in docs if d.text.strip()]
+    t0 = time.perf_counter()
+    probs = char_probabilities(live, ensemble, char_cache)
+    candidates = propose(live, probs, thresholds)
+    t1 = time.perf_counter()
+    summary.seconds["stage1"] += t1 - t0
+    summary.candidates += sum(len(c) for c in candidates)
+    if scorer is not None:
+        calls = scorer.calls
+        scored = rerank(live, candidates, scorer, thresholds)
+        summary.llm_calls += scorer.calls - calls
+        kept = [keep(spans, thresholds) for spans in scored]
+    else:
+        kept = candidates
+    summary.seconds["stage2"] += time.perf_counter() - t1
+    by_id = {d.id: spans for d, spans in zip(live, kept)}
+    records = []
+    for d in docs:
+        if d.id not in by_id:
+            records.append({"id": d.id, "status": "empty", "text": d.text, "spans": []})
+            continue
+        out = Document(d.id, d.text, d.lang, d.entity_class, by_id[d.id])
+        record = json.loads(jsonl_record(out))
+        record["status"] = "written"
+        records.append(record)
+    return records
+
+
+def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
+                 thresholds: Thresholds, settings: dict, formats: Sequence[str] = ("tsv",),
+                 shard: tuple[int, int] = (0, 1), chunk_size: int = 16, char_cache=None,
+                 on_chunk: Callable[[RunSummary, int], None] | None = None,
+                 unreadable: Sequence[tuple[str, str]] = ()) -> RunSummary:
+    """Run both stages over ``docs``, resuming from the parts already in ``out``."""
+    out = Path(out)
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise PipelineError(f"unknown output format {fmt!r}; choose from {FORMATS}")
+    check_settings(out, settings)
+    parts = out / "parts"
+    parts.mkdir(exist_ok=True)
+    summary = RunSummary()
+    mine = (d for d in docs if in_shard(d.id, shard))
+    for k, chunk in enumerate(chunked(mine, chunk_size)):
+        part = parts / f"{k:06d}.jsonl"
+        if part.exists():  # done before a crash: keep it
+            for line in part.read_text(encoding="utf-8").splitlines():
+                summary.add(json.loads(line))
+            continue
+        try:
+            records = process_chunk(chunk, ensemble=ensemble, scorer=scorer,
+                                    thresholds=thresholds, char_cache=char_cache, summary=summary)
+        except (ValueError, RuntimeError) as exc:  # one bad document must not sink the chunk
+            logger.warning("chunk %d failed (%s); retrying its documents one by one", k, exc)
+            records = []
+            for doc in chunk:
+                try:
+                    records += process_chunk([doc], ensemble=ensemble, scorer=scorer,
+                                             thresholds=thresholds, char_cache=char_cache,
+                                             summary=summary)
+                except (ValueError, RuntimeError) as one:
+                    records.append({"id": doc.id, "status": "failed", "reason": str(one),
+                                    "text": doc.text, "spans": []})
+        atomic_write(part, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        for r in records:
+            summary.add(r)
+        if on_chunk:
+            on_chunk(summary, len(chunk))
+    for doc_id, reason in unreadable:
+        summary.failed.append((doc_id, reason))
+    t = time.perf_counter()
+    assemble(out, [out], formats)
+    summary.seconds["other"] += time.perf_counter() - t
+    atomic_write(out / "summary.json", json.dumps(summary.as_dict(), indent=2))
+    return summary
+
+
+def iter_records(folders: Sequence[Path]) -> Iterator[dict]:
+    for folder in folders:
+        for part in sorted((Path(folder) / "parts").glob("*.jsonl")):
+            for line in part.read_text(encoding="utf-8").splitlines():
+                yield json.loads(line)
+
+
+def record_document(r: dict) -> Document:
+    spans = [Span(r["id"], s["label"], s["start"], s["end"], s.get("stage1_score"),
+                  s.get("stage2_score")) for s in r.get("spans", [])]
+    return Document(r["id"], r["text"], r.get("lang"), r.get("entity_class"), spans)
+
+
+def assemble(out: Path, folders: Sequence[Path], formats: Sequence[str],
+             sort: bool = False) -> None:
+    """The final outputs from the part files of one or more runs (shards)."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = [r for r in iter_records(folders) if r["status"] == "written"]
+    if sort:
+        records.sort(key=lambda r: (r["id"], r.get("entity_class") or ""))
+    docs = [record_document(r) for r in records]
+    if "tsv" in formats:
+        import io
+
+        buf = io.StringIO()
+        write_tsv_header(buf)
+        for d in docs:
+            for row in tsv_rows(d):
+                buf.write(row)
+        atomic_write(out / "predictions.tsv", buf.getvalue())
+    if "jsonl" in formats:
+        atomic_write(out / "predictions.jsonl", "".join(jsonl_record(d) for d in docs))
+    if "brat" in formats:
+        (out / "brat").mkdir(exist_ok=True)
+        for d in docs:
+            atomic_write(out / "brat" / f"{d.id}.txt", d.text)
+            atomic_write(out / "brat" / f"{d.id}.ann", brat_ann(d))

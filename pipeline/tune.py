@@ -1,0 +1,180 @@
+"""Joint tuning of the stage-1 and stage-2 thresholds, per class, on gold data.
+
+Character probabilities and LLM scores are computed once (and cached); the sweep then runs
+on arrays: for a fixed set of candidates, a prediction's best overlap with gold does not
+depend on which other predictions are kept, and a gold span's best overlap among the kept
+ones is a masked maximum over the overlapping pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.documents import Document, Span
+from pipeline.metrics import overlap_pairs
+from pipeline.predict import char_probabilities, propose, rerank
+from pipeline.thresholds import ClassThresholds, Thresholds
+
+T1_GRID = tuple(round(x, 2) for x in np.arange(0.30, 0.951, 0.05))
+T2_GRID = tuple(round(x, 2) for x in np.arange(0.0, 1.001, 0.05))
+ROUTE_GRID = tuple(round(x, 2) for x in np.arange(0.50, 1.001, 0.025))
+
+
+@dataclass
+class CandidateSet:
+    """One class's candidates at one stage-1 threshold, matched against the gold spans."""
+
+    s1: np.ndarray  # (P,) stage-1 scores
+    s2: np.ndarray  # (P,) stage-2 scores (NaN without an LLM)
+    best: np.ndarray  # (P,) best overlap of each candidate with a gold span
+    exact: np.ndarray  # (P,) bool: the candidate is a gold span
+    pair_gold: np.ndarray  # (K,) overlapping pairs: gold index
+    pair_pred: np.ndarray  # (K,) candidate index
+    pair_dice: np.ndarray  # (K,)
+    n_gold: int
+
+    def figures(self, kept: np.ndarray) -> dict[str, float]:
+        """Strict and char P/R/F1 when only the ``kept`` candidates are predicted."""
+        n_pred = int(kept.sum())
+        tp = int(self.exact[kept].sum())
+        gold_best = np.zeros(self.n_gold)
+        mask = kept[self.pair_pred]
+        np.maximum.at(gold_best, self.pair_gold[mask], self.pair_dice[mask])
+        out = {}
+        for name, p, r in (("strict", tp / n_pred if n_pred else 0.0,
+                            tp / self.n_gold if self.n_gold else 0.0),
+                           ("char", float(self.best[kept].sum()) / n_pred if n_pred else 0.0,
+                            float(gold_best.sum()) / self.n_gold if self.n_gold else 0.0)):
+            out[f"{name}_precision"], out[f"{name}_recall"] = p, r
+            out[f"{name}_f1"] = 2 * p * r / (p + r) if p + r else 0.0
+        out["n_pred"], out["n_gold"] = n_pred, self.n_gold
+        return out
+
+
+def match(gold: Sequence[Span], cands: Sequence[Span]) -> CandidateSet:
+    """Candidates of one class against its gold spans (duplicates of gold all count)."""
+    by_doc_g: dict[str, list[int]] = {}
+    by_doc_p: dict[str, list[int]] = {}
+    for i, s in enumerate(gold):
+        by_doc_g.setdefault(s.doc_id, []).append(i)
+    for j, s in enumerate(cands):
+        by_doc_p.setdefault(s.doc_id, []).append(j)
+    pg, pp, pd = [], [], []
+    for doc, js in by_doc_p.items():
+        gs = by_doc_g.get(doc, [])
+        for gi, pj, dice in overlap_pairs([(gold[i].start, gold[i].end) for i in gs],
+                                          [(cands[j].start, cands[j].end) for j in js]):
+            pg.append(gs[gi])
+            pp.append(js[pj])
+            pd.append(dice)
+    pair_pred, pair_dice = np.array(pp, dtype=np.int64), np.array(pd)
+    best = np.zeros(len(cands))
+    np.maximum.at(best, pair_pred, pair_dice)
+    gold_keys = {(s.doc_id, s.start, s.end) for s in gold}
+    exact = np.array([(s.doc_id, s.start, s.end) in gold_keys for s in cands], dtype=bool)
+    nan = float("nan")
+    return CandidateSet(
+        s1=np.array([s.stage1_score or 0.0 for s in cands]),
+        s2=np.array([nan if s.stage2_score is None else s.stage2_score for s in cands]),
+        best=best, exact=exact, pair_gold=np.array(pg, dtype=np.int64), pair_pred=pair_pred,
+        pair_dice=pair_dice, n_gold=len(gold))
+
+
+def collect(docs: Sequence[Document], ensemble, scorer=None, *, t1_grid=T1_GRID,
+            char_cache=None, on_step=None) -> dict[str, dict[float, CandidateSet]]:
+    """{class: {t1: CandidateSet}}: the models run once, the LLM once per distinct prompt."""
+    probs = char_probabilities(docs, ensemble, char_cache)
+    out: dict[str, dict[float, CandidateSet]] = {c: {} for c in ensemble.classes}
+    for t1 in t1_grid:
+        th = Thresholds.uniform(t1)
+        cands = propose(docs, probs, th)
+        if scorer is not None:
+            cands = rerank(docs, cands, scorer, th)
+        for cls in ensemble.classes:
+            gold = [s for d in docs for s in d.spans if s.label == cls]
+            out[cls][t1] = match(gold, [s for spans in cands for s in spans if s.label == cls])
+        if on_step:
+            on_step(t1)
+    return out
+
+
+def sweep(sets: dict[float, CandidateSet], objective: str = "char_f1", t2_grid=T2_GRID,
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Objective over (t1, t2) — the re-ranked grid — and over t1 alone (ensemble only)."""
+    t1s = sorted(sets)
+    grid = np.zeros((len(t1s), len(t2_grid)))
+    alone = np.zeros(len(t1s))
+    for a, t1 in enumerate(t1s):
+        cs = sets[t1]
+        alone[a] = cs.figures(np.ones(len(cs.s1), dtype=bool))[objective]
+        for b, t2 in enumerate(t2_grid):
+            grid[a, b] = cs.figures(np.nan_to_num(cs.s2, nan=1.0) >= t2)[objective]
+    return grid, alone
+
+
+def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
+               with_llm: bool = True, route_tolerance: float = 0.0) -> dict:
+    """The best pair, the best ensemble-only threshold, and the routing threshold that saves
+    the most LLM calls without losing more than ``route_tolerance`` of the objective."""
+    t1s = sorted(sets)
+    grid, alone = sweep(sets, objective)
+    a0 = int(np.argmax(alone))
+    result = {"stage1_only": {"stage1": t1s[a0], objective: float(alone[a0]),
+                              **sets[t1s[a0]].figures(np.ones(len(sets[t1s[a0]].s1), bool))}}
+    if not with_llm:
+        return result
+    a, b = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    t1, t2 = t1s[a], T2_GRID[b]
+    cs = sets[t1]
+    s2 = np.nan_to_num(cs.s2, nan=1.0)
+    best = float(grid[a, b])
+    route, calls = None, len(cs.s1)
+    for r in ROUTE_GRID:
+        kept = (s2 >= t2) | (cs.s1 >= r)
+        value = cs.figures(kept)[objective]
+        n_calls = int((cs.s1 < r).sum())
+        if value >= best - route_tolerance and n_calls < calls:
+            route, calls = r, n_calls
+    kept = (s2 >= t2) | (cs.s1 >= route) if route is not None else s2 >= t2
+    result["reranked"] = {"stage1": t1, "stage2": t2, "route": route, objective: best,
+                          **cs.figures(kept), "llm_calls": calls,
+                          "llm_calls_without_routing": len(cs.s1)}
+    result["grid"] = {"t1": t1s, "t2": list(T2_GRID), "values": grid.round(4).tolist()}
+    return result
+
+
+def thresholds_from(results: dict[str, dict], objective: str) -> Thresholds:
+    classes = {}
+    for cls, r in results.items():
+        best = r.get("reranked") or {"stage1": r["stage1_only"]["stage1"], "stage2": 0.0,
+                                     "route": None}
+        classes[cls] = ClassThresholds(stage1=best["stage1"], stage2=best["stage2"],
+                                       route=best["route"])
+    figures = {cls: {k: v for k, v in r.items() if k != "grid"} for cls, r in results.items()}
+    return Thresholds(classes=classes, objective=objective, figures=figures)
+
+
+def heatmaps(results: dict[str, dict], objective: str, path) -> None:
+    """One panel per class: the objective over (t1, t2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [(c, r["grid"]) for c, r in results.items() if "grid" in r]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4), squeeze=False)
+    for ax, (cls, g) in zip(axes[0], shown):
+        im = ax.imshow(np.array(g["values"]), origin="lower", aspect="auto", cmap="viridis",
+                       extent=(g["t2"][0], g["t2"][-1], g["t1"][0], g["t1"][-1]))
+        ax.set_title(f"{cls}: {objective}")
+        ax.set_xlabel("stage-2 threshold")
+        ax.set_ylabel("stage-1 threshold")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import PipelineError, ReadReport
+from pipeline.metrics import evaluate
+from pipeline.predict import char_probabilities, propose
+from pipeline.readers import open_corpus
+from pipeline.run import run_pipeline
+from pipeline.thresholds import Thresholds
+from pipeline.tune import collect, tune_class
+from stage1_ensemble.ensemble import Ensemble
+from tests.tiny_models import SENTENCES
+
+GOLD = ["diabetes mellitus", "neumonía"]
+
+
+def make_corpus(folder: Path, n: int = 12, broken: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        text = SENTENCES[i % 2] + (" " + SENTENCES[(i + 1) % 2]) * (i % 3)
+        (folder / f"doc{i:02d}.txt").write_text(text, encoding="utf-8")
+        m = GOLD[i % 2]
+        s = text.index(m)
+        (folder / f"doc{i:02d}.ann").write_text(f"T1\tDISEASE {s} {s + len(m)}\t{m}\n")
+    (folder / "empty.txt").write_text("  \n")
+    if broken:
+        (folder / "broken.txt").write_bytes(b"fiebre \xff\xfe alta")
+    return folder
+
+
+def run(tmp, ens_dir, scorer=None, out="out", th=None, **kw):
+    ens = Ensemble.load(ens_dir)
+    report = ReadReport()
+    docs = open_corpus(tmp / "corpus", lenient=True, report=report, classes=("DISEASE",))
+    th = th or Thresholds.uniform(0.5, 0.5)
+    settings = {"ensemble": ens.identity, "llm": getattr(scorer, "identity", None),
+                "thresholds": th.model_dump(), **kw.pop("extra_settings", {})}
+    return run_pipeline(docs, out=tmp / out, ensemble=ens, scorer=scorer, thresholds=th,
+                        settings=settings, formats=("tsv", "jsonl", "brat"), chunk_size=4,
+                        unreadable=report.failed_documents, **kw)
+
+
+def test_run_accounts_for_every_document(tmp_path, tiny_ensemble):
+    make_corpus(tmp_path / "corpus")
+    summary = run(tmp_path, tiny_ensemble)
+    assert (summary.written, summary.empty) == (12, 1)
+    assert [i for i, _ in summary.failed] == ["broken"]
+    assert "not UTF-8" in summary.failed[0][1]
+    rows = (tmp_path / "out" / "predictions.tsv").read_text().splitlines()
+    mentions = {r.split("\t")[4] for r in rows[1:]}
+    assert mentions == set(GOLD)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["failed"] == 1
+    assert (tmp_path / "out" / "brat" / "doc00.ann").exists()
+
+
+def test_output_folder_with_other_settings_is_refused(tmp_path, tiny_ensemble):
+    make_corpus(tmp_path / "corpus", n=2, broken=False)
+    run(tmp_path, tiny_ensemble)
+    with pytest.raises(PipelineError, match="holds a run with other settings \\(thresholds\\)"):
+        run(tmp_path, tiny_ensemble, th=Thresholds.uniform(0.7))
+
+
+def test_rerank_keeps_spans_above_the_stage2_threshold(tmp_path, tiny_ensemble, tiny_llm_dir):
+    from stage2_rerank import load_scorer
+
+    make_corpus(tmp_path / "corpus", n=4, broken=False)
+    scorer = load_scorer("hf", tiny_llm_dir)
+    summary = run(tmp_path, tiny_ensemble, scorer=scorer, th=Thresholds.uniform(0.5, 0.0))
+    assert summary.llm_calls == summary.candidates > 0 and summary.kept == summary.candidates
+    spans = [s for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+             for s in json.loads(line)["spans"]]
+    scores = [s["stage2_score"] for s in spans]
+    assert all(0.0 <= p <= 1.0 for p in scores)
+    cut = sorted(scores)[len(scores) // 2]
+    summary = run(tmp_path, tiny_ensemble, scorer=scorer, out="out2",
+                  th=Thresholds.uniform(0.5, cut))
+    assert summary.kept == sum(p >= cut for p in scores)
+    routed = Thresholds.model_validate({"default": {"stage1": 0.5, "stage2": 1.0, "route": 0.0}})
+    summary = run(tmp_path, tiny_ensemble, scorer=scorer, out="out3", th=routed)
+    assert summary.llm_calls == 0 and summary.kept == summary.candidates
+
+
+def test_shards_together_equal_one_run(tmp_path, tiny_ensemble):
+    from pipeline.run import assemble
+
+    make_corpus(tmp_path / "corpus", broken=False)
+    run(tmp_path, tiny_ensemble, out="full")
+    for i in range(3):
+        run(tmp_path, tiny_ensemble, out=f"shard{i}", shard=(i, 3))
+    assemble(tmp_path / "merged", [tmp_path / f"shard{i}" for i in range(3)], ["tsv"], sort=True)
+    full = (tmp_path / "full" / "predictions.tsv").read_text().splitlines()
+    merged = (tmp_path / "merged" / "predictions.tsv").read_text().splitlines()
+    assert merged[0] == full[0] and sorted(merged[1:]) == sorted(full[1:])
+    sizes = [len(list((tmp_path / f"shard{i}" / "parts").glob("*"))) for i in range(3)]
+    assert all(s >= 1 for s in sizes)
+
+
+def test_killed_runs_resume_to_identical_outputs(tmp_path, tiny_ensemble):
+    """SIGKILL `pipeline run` at random moments; the finished outputs equal a clean run's."""
+    make_corpus(tmp_path / "corpus", n=150)
+    cmd = [sys.executable, "-m", "pipeline", "run", "--ensemble", str(tiny_ensemble),
+           "--input", str(tmp_path / "corpus"), "--stage1-threshold", "0.5", "--chunk-size", "2",
+           "--format", "tsv,jsonl,brat"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    clean = subprocess.run(cmd + ["--output", str(tmp_path / "clean"),
+                                  "--cache-dir", str(tmp_path / "cache_clean")], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    rng = random.Random(3)
+    kills, parts_seen = 0, []
+    killed = cmd + ["--output", str(tmp_path / "killed"), "--cache-dir", str(tmp_path / "cache")]
+    for _ in range(6):
+        proc = subprocess.Popen(killed, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(5.0, 8.0))
+        if proc.poll() is not None:
+            break  # it finished before the kill
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        parts_seen.append(len(list((tmp_path / "killed" / "parts").glob("*.jsonl"))))
+    final = subprocess.run(killed, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert kills >= 2 and parts_seen == sorted(parts_seen), parts_seen
+    for name in ("predictions.tsv", "predictions.jsonl", "summary.json"):
+        a = (tmp_path / "clean" / name).read_bytes()
+        b = (tmp_path / "killed" / name).read_bytes()
+        if name == "summary.json":  # timings differ; the accounting must not
+            a, b = (json.loads(x) for x in (a, b))
+            a.pop("seconds"), b.pop("seconds")
+        assert a == b, name
+    for ann in (tmp_path / "clean" / "brat").glob("*.ann"):
+        assert ann.read_bytes() == (tmp_path / "killed" / "brat" / ann.name).read_bytes()
+
+
+def test_tuning_sweep_equals_the_metrics_and_ablation_runs(tmp_path, tiny_ensemble, tiny_llm_dir):
+    from pipeline.ablate import ablate, markdown
+    from stage2_rerank import load_scorer
+
+    make_corpus(tmp_path / "corpus", n=6, broken=False)
+    ens = Ensemble.load(tiny_ensemble)
+    docs = list(open_corpus(tmp_path / "corpus", classes=("DISEASE",)))
+    scorer = load_scorer("hf", tiny_llm_dir)
+    sets = collect(docs, ens, scorer, t1_grid=(0.3, 0.5, 0.7))
+    gold = [s for d in docs for s in d.spans]
+    probs = char_probabilities(docs, ens)
+    for t1 in (0.3, 0.5, 0.7):
+        cands = [s for ss in propose(docs, probs, Thresholds.uniform(t1)) for s in ss]
+        want = evaluate(gold, cands).pooled.as_dict(digits=None)
+        got = sets["DISEASE"][t1].figures(np.ones(len(cands), dtype=bool))
+        assert got["char_f1"] == pytest.approx(want["char_f1"]["f1"])
+        assert got["strict_f1"] == pytest.approx(want["strict"]["f1"])
+    result = tune_class(sets["DISEASE"], with_llm=True)
+    assert result["reranked"]["char_f1"] >= result["stage1_only"]["char_f1"] - 1e-9
+    th = Thresholds.model_validate({"classes": {"DISEASE": {
+        k: result["reranked"][k] for k in ("stage1", "stage2", "route")}},
+        "figures": {"DISEASE": result}})
+    report = ablate(docs, ens, scorer, th)
+    assert {c["system"] for c in report["costs"]} == {"ensemble@0.8", "ensemble@tuned",
+                                                      "reranked@tuned"}
+    assert "| reranked@tuned | DISEASE |" in markdown(report)
