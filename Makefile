@@ -23,11 +23,14 @@ ifeq ($(WITH_VLLM),1)
 endif
 	touch $(STAMP)
 
-# The README's test command (CI runs exactly this): fast tests, then the vLLM ones.
+# The README's test command (CI runs exactly this): the fast tests, then the heavier ones
+# (real small models, and vLLM where it is installed).
 test: env
 	$(BIN)/python -m pytest -q
 ifeq ($(WITH_VLLM),1)
-	$(BIN)/python -m pytest -q -m vllm
+	$(BIN)/python -m pytest -q -m "vllm or slow"
+else
+	$(BIN)/python -m pytest -q -m "slow and not vllm"
 endif
 
 test-slow: env
@@ -39,6 +42,7 @@ demo: env
 bench: env
 	$(BIN)/python bench/bench_metrics.py
 	$(BIN)/python bench/bench_decode.py
+	$(BIN)/python bench/bench_stage2.py
 
 lint: env
 	$(BIN)/ruff check .

@@ -34,6 +34,12 @@ def fold_breaks(mention: str) -> str:
     return _BREAKS.sub(" ", mention)
 
 
+def lang_from_id(doc_id: str) -> str | None:
+    """The language of a document named like ``case12_ro`` (None when the name says none)."""
+    match = re.search(r"[_.-](es|en|ro|sv|it|nl|cz)$", doc_id)
+    return match.group(1) if match else None
+
+
 def read_text(path: Path, report: ReadReport | None = None) -> str:
     """Read ``path`` as strict UTF-8, keeping ``\\r\\n``; strip and report a BOM."""
     data = path.read_bytes()
@@ -137,8 +143,8 @@ def read_brat(folder: Path, *, label_map: dict[str, str] | None = None,
                               report=report, lenient=lenient)
         report.documents += 1
         report.spans += len(spans)
-        yield Document(stem, text, lang=lang, entity_class=entity_class, spans=spans,
-                       source=str(txt))
+        yield Document(stem, text, lang=lang or lang_from_id(stem), entity_class=entity_class,
+                       spans=spans, source=str(txt))
 
 
 def read_tsv_rows(path: Path, *, label_map: dict[str, str] | None = None,
@@ -211,7 +217,8 @@ def read_tsv_corpus(tsv: Path, texts: Path, *, lenient: bool = False,
                 continue
             spans.append(span)
         report.documents += 1
-        yield Document(stem, text, spans=spans, source=str(Path(texts) / f"{stem}.txt"))
+        yield Document(stem, text, lang=lang_from_id(stem), spans=spans,
+                       source=str(Path(texts) / f"{stem}.txt"))
 
 
 def read_jsonl(path: Path, *, classes: tuple[str, ...] = CLASSES, lenient: bool = False,

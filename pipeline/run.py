@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.documents import Document, Span
 from pipeline.errors import PipelineError
-from pipeline.predict import char_probabilities, keep, propose, rerank
+from pipeline.predict import char_probabilities, keep, needs_llm, propose, rerank
 from pipeline.thresholds import Thresholds
 from pipeline.writers import atomic_write, brat_ann, jsonl_record, tsv_rows, write_tsv_header
 
@@ -46,6 +46,8 @@ class RunSummary:
         else:
             self.failed.append((record["id"], record.get("reason", "")))
         self.kept += len(record.get("spans", []))
+        self.candidates += record.get("candidates", 0)
+        self.llm_calls += record.get("llm_asked", 0)
 
     def as_dict(self) -> dict:
         return {"written": self.written, "empty": self.empty, "failed": len(self.failed),
@@ -90,16 +92,16 @@ def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thr
     candidates = propose(live, probs, thresholds)
     t1 = time.perf_counter()
     summary.seconds["stage1"] += t1 - t0
-    summary.candidates += sum(len(c) for c in candidates)
+    asked = [0] * len(live)
     if scorer is not None:
-        calls = scorer.calls
         scored = rerank(live, candidates, scorer, thresholds)
-        summary.llm_calls += scorer.calls - calls
+        asked = [sum(needs_llm(s, thresholds) for s in spans) for spans in candidates]
         kept = [keep(spans, thresholds) for spans in scored]
     else:
         kept = candidates
     summary.seconds["stage2"] += time.perf_counter() - t1
     by_id = {d.id: spans for d, spans in zip(live, kept)}
+    counts = {d.id: (len(c), a) for d, c, a in zip(live, candidates, asked)}
     records = []
     for d in docs:
         if d.id not in by_id:
@@ -108,6 +110,8 @@ def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thr
         out = Document(d.id, d.text, d.lang, d.entity_class, by_id[d.id])
         record = json.loads(jsonl_record(out))
         record["status"] = "written"
+        # per document, so that a resumed run's totals equal an uninterrupted run's
+        record["candidates"], record["llm_asked"] = counts[d.id]
         records.append(record)
     return records
 

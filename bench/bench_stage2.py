@@ -1,0 +1,102 @@
+"""Stage-2 scoring speed with SmolLM2-135M-Instruct on real candidates, side by side:
+
+  hf:   the shared prefix encoded once and its KV cache reused, vs whole prompts
+  vllm: automatic prefix caching on vs off (two engines, one after the other)
+
+and the agreement of the backends' scores. Candidates are gold spans of real documents of
+../shared/data plus shifted (wrong) copies, so the judge sees both kinds.
+Run: python bench/bench_stage2.py [--candidates 120] [--no-vllm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def real_candidates(n: int, corpus: Path):
+    from pipeline.readers import open_corpus
+    from stage2_rerank import Candidate
+
+    rng = random.Random(0)
+    out = []
+    for doc in open_corpus(corpus):
+        text = doc.text[:1500]  # keep prompts near the ~200-400 tokens of the DESIGN figure
+        spans = [s for s in doc.spans if s.end <= len(text)]
+        for s in spans:
+            out.append(Candidate(text, s.start, s.end, s.label, doc.id, "es"))
+            if rng.random() < 0.5 and s.end + 8 <= len(text):
+                out.append(Candidate(text, s.start, s.end + rng.randint(2, 8), s.label, doc.id,
+                                     "es"))
+        if len(out) >= n:
+            return out[:n]
+    return out
+
+
+def timed(scorer, cands) -> tuple[float, list[float]]:
+    t = time.perf_counter()
+    scores = scorer.score(cands)
+    return time.perf_counter() - t, scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--candidates", type=int, default=120)
+    ap.add_argument("--no-vllm", action="store_true")
+    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared/data/spaccc_train")
+    args = ap.parse_args()
+
+    from pipeline.offline_models import smollm2
+    from stage2_rerank import load_scorer
+
+    model = smollm2(ROOT / "runs" / "smollm2")
+    cands = real_candidates(args.candidates, args.corpus)
+    docs = len({c.doc_id for c in cands})
+    print(f"{len(cands)} candidates from {docs} documents of {args.corpus.name}")
+    builder = load_scorer("hf", model).builder
+    lengths = [len(p.ids) for p in builder.build(cands)]
+    prefixes = len({p.prefix for p in builder.build(cands)})
+    print(f"prompt tokens: mean {sum(lengths) / len(lengths):.0f}, {prefixes} distinct prefixes")
+
+    results = {}
+    for name, opts in (("hf prefix reuse", {"reuse_prefix": True, "dtype": "float32"}),
+                       ("hf whole prompts", {"reuse_prefix": False, "dtype": "float32"})):
+        scorer = load_scorer("hf", model, **opts)
+        scorer.score(cands[:2])  # warm-up
+        results[name] = timed(scorer, cands)
+        del scorer
+    if not args.no_vllm:
+        for name, caching in (("vllm prefix caching", True), ("vllm no prefix caching", False)):
+            scorer = load_scorer("vllm", model, dtype="float32", enable_prefix_caching=caching)
+            scorer.score(cands[:2])
+            results[name] = timed(scorer, cands)
+            scorer.backend.llm.llm_engine.engine_core.shutdown()
+            del scorer
+            gc.collect()
+    for name, (secs, _) in results.items():
+        print(f"{name:24s} {secs:7.2f} s  {len(cands) / secs:6.1f} candidates/s")
+    hf = results["hf prefix reuse"]
+    print(f"hf: prefix reuse is {results['hf whole prompts'][0] / hf[0]:.2f}x faster than whole "
+          "prompts")
+    if "vllm prefix caching" in results:
+        v = results["vllm prefix caching"]
+        print(f"vllm: prefix caching is {results['vllm no prefix caching'][0] / v[0]:.2f}x "
+              "faster than without")
+        diffs = [abs(a - b) for a, b in zip(hf[1], v[1])]
+        print(f"agreement hf vs vllm (fp32): max |diff| {max(diffs):.2e}, mean "
+              f"{sum(diffs) / len(diffs):.2e}")
+    diffs = [abs(a - b) for a, b in zip(hf[1], results["hf whole prompts"][1])]
+    print(f"agreement hf prefix reuse vs whole prompts: max |diff| {max(diffs):.2e}")
+    gold = [s for c, s in zip(cands, hf[1])]
+    print(f"mean p(yes) {sum(gold) / len(gold):.3f} (SmolLM2 is a weak judge)")
+
+
+if __name__ == "__main__":
+    main()
