@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--train", type=Path, required=True)
     ap.add_argument("--dev", type=Path, required=True)
     ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--thresholds", default="", help="more ensemble thresholds to report, "
+                                                      "comma-separated")
     ap.add_argument("--member-docs", type=int, default=40)
     args = ap.parse_args()
 
@@ -65,9 +67,12 @@ def main() -> None:
     th = Thresholds.uniform(args.threshold)
     ens_pred = [s for spans in propose(dev, probs, th) for s in spans]
     print(f"## {len(dev)} documents of {args.dev.name}; ensemble threshold {args.threshold}\n")
-    print("\n".join(head + table("gazetteer", gold, gaz_pred, classes)
-                    + table(f"ensemble ({len(ens.manifest.members) // len(classes)} members)",
-                            gold, ens_pred, classes)))
+    rows = table("gazetteer", gold, gaz_pred, classes)
+    n_members = len(ens.manifest.members) // len(classes)
+    for t in [args.threshold] + [float(x) for x in args.thresholds.split(",") if x]:
+        pred = [s for spans in propose(dev, probs, Thresholds.uniform(t)) for s in spans]
+        rows += table(f"ensemble ({n_members} members) @{t}", gold, pred, classes)
+    print("\n".join(head + rows))
 
     sub = dev[: args.member_docs]
     sub_ids = {d.id for d in sub}

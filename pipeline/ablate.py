@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.documents import Document
 from pipeline.metrics import evaluate
-from pipeline.predict import char_probabilities, keep, propose, rerank
+from pipeline.predict import char_probabilities, keep, needs_llm, propose, rerank
 from pipeline.thresholds import ClassThresholds, Thresholds
 from pipeline.tune import T1_GRID, T2_GRID, collect
 
@@ -54,8 +54,10 @@ def ablate(docs: Sequence[Document], ensemble, scorer, tuned: Thresholds, *,
         cands = propose(docs, probs, th)
         spans = ([keep(s, th) for s in rerank(docs, cands, scorer, th)] if with_llm else cands)
         pred = [s for ss in spans for s in ss]
+        asked = sum(needs_llm(s, th) for ss in cands for s in ss) if with_llm else 0
         costs.append({"system": name, "seconds": round(time.perf_counter() - start, 2),
-                      "llm_calls": (scorer.calls - calls) if with_llm else 0,
+                      "llm_calls": asked,
+                      "llm_cache_misses": (scorer.calls - calls) if with_llm else 0,
                       "candidates": sum(len(c) for c in cands), "kept": len(pred)})
         rows += rows_of(name, docs, pred, classes)
     return {"rows": rows, "costs": costs, "documents": len(docs)}
@@ -72,9 +74,10 @@ def markdown(report: dict) -> str:
             f"{r['strict_fp']} | {r['strict_fn']} | {r['char_precision']:.4f} | "
             f"{r['char_recall']:.4f} | {r['char_f1']:.4f} | {r['char_n_gold']} | "
             f"{r['char_n_pred']} |")
-    cost = ("\n\n| system | candidates | kept | LLM calls | seconds |\n|---|---|---|---|---|\n"
+    cost = ("\n\n| system | candidates | kept | LLM calls | of which not cached | seconds |\n"
+            "|---|---|---|---|---|---|\n"
             + "\n".join(f"| {c['system']} | {c['candidates']} | {c['kept']} | {c['llm_calls']} "
-                        f"| {c['seconds']} |" for c in report["costs"]))
+                        f"| {c['llm_cache_misses']} | {c['seconds']} |" for c in report["costs"]))
     return f"Ablation on {report['documents']} documents\n\n" + head + "\n".join(lines) + cost + "\n"
 
 

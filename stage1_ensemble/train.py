@@ -54,8 +54,9 @@ def window_dataset(docs: Dataset, tokenizer, config: TrainConfig) -> Dataset:
 def load_encoder(encoder: str | Path):
     """A fresh binary token classifier and its fast tokenizer from an encoder checkpoint."""
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
+    # fp32 master weights whatever the checkpoint's dtype; bf16 comes from autocast on GPU
     model = AutoModelForTokenClassification.from_pretrained(
-        str(encoder), num_labels=2, id2label={0: "O", 1: "ENTITY"},
+        str(encoder), dtype=torch.float32, num_labels=2, id2label={0: "O", 1: "ENTITY"},
         label2id={"O": 0, "ENTITY": 1})
     return model, tokenizer
 

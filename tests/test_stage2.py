@@ -227,3 +227,30 @@ def test_openai_backend_refused_url_is_a_clear_error():
     backend = OpenAIBackend("m", urls=[f"http://127.0.0.1:{port}"], retries=2, backoff=0.01)
     with pytest.raises(ServerError, match=rf"127.0.0.1:{port}.*(refused|Errno)"):
         backend.score_prompts(PROMPTS[:1], 5, 6)
+
+
+def _write_scores(path: str, start: int) -> None:
+    from stage2_rerank.cache import ScoreCache
+
+    cache = ScoreCache(Path(path))
+    for i in range(start, start + 200, 10):
+        cache.put_many("m", [(f"k{j}", (j % 100) / 100) for j in range(i, i + 10)])
+
+
+def test_cache_is_safe_when_two_processes_write(tmp_path):
+    import multiprocessing
+
+    from stage2_rerank.cache import ScoreCache
+
+    path = str(tmp_path / "scores.sqlite")
+    ScoreCache(Path(path)).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_scores, args=(path, start)) for start in (0, 100)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    cache = ScoreCache(Path(path))
+    assert len(cache) == 300
+    assert cache.get_many("m", ["k0", "k150", "k299"]) == [0.0, 0.5, 0.99]

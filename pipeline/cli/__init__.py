@@ -36,7 +36,8 @@ def main() -> None:
     _register()
     try:
         app(standalone_mode=False)
-    except PipelineError as exc:
+    except (PipelineError, FileNotFoundError, ValueError) as exc:
+        # bad input, a missing file, a config that does not validate: one line, no traceback
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):

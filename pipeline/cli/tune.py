@@ -35,12 +35,14 @@ def tune_command(
     objective: Annotated[str, typer.Option(help="char_f1 or strict_f1.")] = "char_f1",
     route_tolerance: Annotated[float, typer.Option(help="Objective that routing may lose.")] = 0.0,
     subset: Subset = "0/1",
+    t1_grid: Annotated[str | None, typer.Option(
+        help="Stage-1 thresholds to try, comma-separated (default 0.30 to 0.95 by 0.05).")] = None,
     cache_dir: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
     """Sweep both thresholds jointly per class; write thresholds.json with the figures."""
     from pipeline.cli.common import char_cache, load_ensemble, load_llm
     from pipeline.errors import PipelineError
-    from pipeline.tune import collect, heatmaps, thresholds_from, tune_class
+    from pipeline.tune import T1_GRID, collect, heatmaps, thresholds_from, tune_class
 
     if objective not in ("char_f1", "strict_f1"):
         raise PipelineError(f"--objective must be char_f1 or strict_f1, not {objective!r}")
@@ -49,7 +51,8 @@ def tune_command(
     scorer = load_llm(llm, llm_backend, llm_url, cache)
     docs = gold_documents(gold, subset, ens.classes)
     typer.echo(f"tuning on {len(docs)} documents", err=True)
-    sets = collect(docs, ens, scorer, char_cache=char_cache(cache, ens),
+    grid = tuple(float(x) for x in t1_grid.split(",")) if t1_grid else T1_GRID
+    sets = collect(docs, ens, scorer, t1_grid=grid, char_cache=char_cache(cache, ens),
                    on_step=lambda t: typer.echo(f"  candidates at stage-1 threshold {t}", err=True))
     results = {cls: tune_class(s, objective=objective, with_llm=scorer is not None,
                                route_tolerance=route_tolerance) for cls, s in sets.items()}

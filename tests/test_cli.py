@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def pipeline(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_evaluate_json_has_the_official_keys(tmp_path):
+    gold = tmp_path / "g.tsv"
+    pred = tmp_path / "p.tsv"
+    gold.write_text("filename\tlabel\tstart_span\tend_span\ttext\nd\tDISEASE\t0\t6\tx\n"
+                    "d\tSYMPTOM\t8\t10\ty\n")
+    pred.write_text("filename\tlabel\tstart_span\tend_span\ttext\nd\tDISEASE\t0\t3\tx\n"
+                    "d\tDISEASE\t3\t6\tx\n")
+    out = pipeline("evaluate", "--gold", str(gold), "--pred", str(pred), "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert set(r["strict"]) == {"precision", "recall", "f1", "tp", "fp", "fn"}
+    assert set(r["char_f1"]) == {"precision", "recall", "f1", "n_gold", "n_pred"}
+    assert r["char_f1"]["precision"] == 0.6667
+    assert [s["value"] for s in r["slices"]] == ["DISEASE", "SYMPTOM"]
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text("fiebre")
+    (tmp_path / "c" / "a.ann").write_text("T1\tSINTOMA 0 9\tfiebre\n")
+    out = pipeline("convert", "--input", str(tmp_path / "c"), "--output", str(tmp_path / "o.tsv"))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "a.ann:1: span 0-9 lies outside the text" in out.stderr
+    out = pipeline("run", "--ensemble", str(tmp_path / "none"), "--input", str(tmp_path / "c"),
+                   "--output", str(tmp_path / "out"))
+    assert out.returncode == 2 and "no ensemble manifest" in out.stderr
+    assert "Traceback" not in out.stderr
