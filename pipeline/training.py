@@ -34,7 +34,10 @@ def fold_of(doc_id: str, n_folds: int, pattern: str = DEFAULT_GROUP_PATTERN) -> 
 
 
 def slug(encoder: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", Path(encoder).name or encoder).strip("-").lower()
+    """A short name for an encoder: its folder's name (its parent's, for a generic one)."""
+    path = Path(encoder)
+    name = path.parent.name if path.name in ("model", "models", "checkpoint") else path.name
+    return re.sub(r"[^A-Za-z0-9]+", "-", name or encoder).strip("-").lower()
 
 
 def validate_member(model_dir: Path, docs: Sequence[Document], cls: str) -> dict:

@@ -113,17 +113,21 @@ class PromptBuilder:
                 break
         return blocks
 
+    def _texts(self, cand: Candidate) -> tuple[tuple[int, int], str, str]:
+        """The context block and the prompt text before and after the seam."""
+        a, b = self.context_block(cand.text, cand.start, cand.end)
+        before, after = self._wrap(
+            self.template.render_prefix(label=cand.label, context=cand.text[a:b]),
+            self.template.render_suffix(label=cand.label, text=cand.text, start=cand.start,
+                                        end=cand.end))
+        return (a, b), before, after
+
     def build(self, candidates: Sequence[Candidate]) -> list[PromptIds]:
         out = []
         for i, cand in enumerate(candidates):
             cand.check(self.labels, i)
-            a, b = self.context_block(cand.text, cand.start, cand.end)
-            key = (hashlib.sha1(cand.text.encode("utf-8")).hexdigest(), cand.label, a, b)
-            suffix_text = self.template.render_suffix(label=cand.label, text=cand.text,
-                                                      start=cand.start, end=cand.end)
-            prefix_text = self.template.render_prefix(label=cand.label,
-                                                      context=cand.text[a:b])
-            before, after = self._wrap(prefix_text, suffix_text)
+            block, before, after = self._texts(cand)
+            key = (hashlib.sha1(cand.text.encode("utf-8")).hexdigest(), cand.label, *block)
             if key not in self._prefix_cache:
                 self._prefix_cache[key] = self._encode(before)
             out.append(PromptIds(self._prefix_cache[key], self._encode(after)))
@@ -131,9 +135,5 @@ class PromptBuilder:
 
     def render_text(self, candidate: Candidate) -> str:
         """The prompt as one string (for reading and for the golden test)."""
-        a, b = self.context_block(candidate.text, candidate.start, candidate.end)
-        before, after = self._wrap(
-            self.template.render_prefix(label=candidate.label, context=candidate.text[a:b]),
-            self.template.render_suffix(label=candidate.label, text=candidate.text,
-                                        start=candidate.start, end=candidate.end))
+        _, before, after = self._texts(candidate)
         return before + after
