@@ -200,5 +200,8 @@ def assemble(out: Path, folders: Sequence[Path], formats: Sequence[str],
     if "brat" in formats:
         (out / "brat").mkdir(exist_ok=True)
         for d in docs:
-            atomic_write(out / "brat" / f"{d.id}.txt", d.text)
-            atomic_write(out / "brat" / f"{d.id}.ann", brat_ann(d))
+            # MultiClinNER ships one text per class under the same name: one folder a class
+            folder = out / "brat" / (d.entity_class or "")
+            folder.mkdir(exist_ok=True)
+            atomic_write(folder / f"{d.id}.txt", d.text)
+            atomic_write(folder / f"{d.id}.ann", brat_ann(d))

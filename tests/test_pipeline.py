@@ -171,3 +171,16 @@ def test_tuning_sweep_equals_the_metrics_and_ablation_runs(tmp_path, tiny_ensemb
     assert {c["system"] for c in report["costs"]} == {"ensemble@0.8", "ensemble@tuned",
                                                       "reranked@tuned"}
     assert "| reranked@tuned | DISEASE |" in markdown(report)
+
+
+def test_a_class_is_predicted_only_on_its_own_text(tmp_path, tiny_ensemble):
+    from pipeline.documents import Document
+
+    ens = Ensemble.load(tiny_ensemble)
+    docs = [Document("c1", SENTENCES[0], lang="en", entity_class="DISEASE"),
+            Document("c1", SENTENCES[0], lang="en", entity_class="SYMPTOM"),
+            Document("c2", SENTENCES[0])]
+    probs = char_probabilities(docs, ens)
+    assert [sorted(p) for p in probs] == [["DISEASE"], [], ["DISEASE"]]
+    spans = propose(docs, probs, Thresholds.uniform(0.5))
+    assert spans[1] == [] and [docs[0].text[s.start:s.end] for s in spans[0]] == [GOLD[0]]
