@@ -20,7 +20,7 @@ from pipeline.documents import Document, Span
 from pipeline.errors import PipelineError
 from pipeline.predict import char_probabilities, keep, needs_llm, propose, rerank
 from pipeline.thresholds import Thresholds
-from pipeline.writers import atomic_write, brat_ann, jsonl_record, tsv_rows, write_tsv_header
+from pipeline.writers import atomic_write, jsonl_record, write_corpus
 
 logger = logging.getLogger(__name__)
 FORMATS = ("tsv", "jsonl", "brat")
@@ -180,28 +180,20 @@ def record_document(r: dict) -> Document:
 
 def assemble(out: Path, folders: Sequence[Path], formats: Sequence[str],
              sort: bool = False) -> None:
-    """The final outputs from the part files of one or more runs (shards)."""
-    out.mkdir(parents=True, exist_ok=True)
-    records = [r for r in iter_records(folders) if r["status"] == "written"]
-    if sort:
-        records.sort(key=lambda r: (r["id"], r.get("entity_class") or ""))
-    docs = [record_document(r) for r in records]
-    if "tsv" in formats:
-        import io
+    """The final outputs from the part files of one or more runs (shards).
 
-        buf = io.StringIO()
-        write_tsv_header(buf)
-        for d in docs:
-            for row in tsv_rows(d):
-                buf.write(row)
-        atomic_write(out / "predictions.tsv", buf.getvalue())
-    if "jsonl" in formats:
-        atomic_write(out / "predictions.jsonl", "".join(jsonl_record(d) for d in docs))
-    if "brat" in formats:
-        (out / "brat").mkdir(exist_ok=True)
-        for d in docs:
-            # MultiClinNER ships one text per class under the same name: one folder a class
-            folder = out / "brat" / (d.entity_class or "")
-            folder.mkdir(exist_ok=True)
-            atomic_write(folder / f"{d.id}.txt", d.text)
-            atomic_write(folder / f"{d.id}.ann", brat_ann(d))
+    Documents stream from the parts into the writers, so memory does not grow with the
+    corpus; ``sort`` (for merging shards) orders them by id, holding the records in memory.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+
+    def docs() -> Iterator[Document]:
+        records: Iterable[dict] = (r for r in iter_records(folders) if r["status"] == "written")
+        if sort:
+            records = sorted(records, key=lambda r: (r["id"], r.get("entity_class") or ""))
+        return (record_document(r) for r in records)
+
+    targets = {"tsv": out / "predictions.tsv", "jsonl": out / "predictions.jsonl",
+               "brat": out / "brat"}
+    for fmt in formats:
+        write_corpus(docs(), targets[fmt], fmt)

@@ -89,10 +89,14 @@ def write_jsonl(docs: Iterable[Document], path: Path) -> int:
 
 
 def write_brat(docs: Iterable[Document], folder: Path, *, with_text: bool = True) -> int:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """One ``.ann`` (and ``.txt``) a document; documents whose text belongs to one class
+    (MultiClinNER ships one text per class under the same name) go in a folder per class."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
     count = 0
     for doc in docs:
+        folder = root / doc.entity_class if doc.entity_class else root
+        folder.mkdir(exist_ok=True)
         if with_text:
             atomic_write(folder / f"{doc.id}.txt", doc.text)
         atomic_write(folder / f"{doc.id}.ann", brat_ann(doc))
