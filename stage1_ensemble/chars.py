@@ -1,7 +1,8 @@
-"""Character classes of a text as boolean arrays, without a Python loop per character.
+"""Character classes of a text, looked up only at the positions asked for.
 
 Lookup tables cover the Basic Multilingual Plane (built once, ~10 ms); the rare characters
-beyond it are classified one by one.
+beyond it are classified one by one. Span boundaries are few compared with characters, so
+decoding and projection ask about positions, never build a mask over the whole text.
 """
 
 from __future__ import annotations
@@ -17,20 +18,59 @@ def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
-def _classify(text: str, table: np.ndarray, test) -> np.ndarray:
-    codes = code_points(text)
-    inside = codes < _BMP
-    mask = table[np.where(inside, codes, 0)]
-    for i in np.flatnonzero(~inside).tolist():
-        mask[i] = test(text[i])
-    return mask & inside if inside.all() else mask
+class TextChars:
+    """Is the character at each of these positions a word character / whitespace?
+
+    A word character is a Unicode letter or digit (``str.isalnum``); whitespace is
+    ``str.isspace``. Positions must lie inside the text.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.codes = code_points(text)
+        self._wide = len(text) > 0 and int(self.codes.max()) >= _BMP
+
+    def _lookup(self, positions: np.ndarray, table: np.ndarray, test) -> np.ndarray:
+        codes = self.codes[positions]
+        if not self._wide:
+            return np.take(table, codes)
+        inside = codes < _BMP
+        found = np.take(table, np.where(inside, codes, 0))
+        for k in np.flatnonzero(~inside).tolist():
+            found[k] = test(self.text[int(positions[k])])
+        return found
+
+    def is_word(self, positions: np.ndarray) -> np.ndarray:
+        return self._lookup(positions, _ALNUM, str.isalnum)
+
+    def is_space(self, positions: np.ndarray) -> np.ndarray:
+        return self._lookup(positions, _SPACE, str.isspace)
 
 
-def word_mask(text: str) -> np.ndarray:
-    """True on letters and digits of any script (``str.isalnum``)."""
-    return _classify(text, _ALNUM, str.isalnum)
+def walk(positions: np.ndarray, active: np.ndarray, step: int, go) -> None:
+    """Move ``positions[i]`` by ``step`` (in place) for each ``i`` in ``active`` (those that
+    must move at least once) as long as ``go(i)`` holds after the move; ``go`` takes an
+    array of indices and returns a mask over it.
+
+    Each round touches only the positions still moving, so the cost follows the longest
+    walk (a word, a run of spaces), not the length of the text.
+    """
+    while active.size:
+        positions[active] += step
+        active = active[go(active)]
 
 
-def space_mask(text: str) -> np.ndarray:
-    """True on whitespace (``str.isspace``)."""
-    return _classify(text, _SPACE, str.isspace)
+def trim_spaces(starts: np.ndarray, ends: np.ndarray, chars: TextChars,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Non-empty ``(start, end)`` ranges without their leading and trailing whitespace (new
+    arrays). Ranges of whitespace only come back empty (``end <= start``); the caller drops
+    them."""
+    starts, ends = starts.copy(), ends.copy()
+    if not starts.size:
+        return starts, ends
+    last = len(chars.text) - 1
+    walk(starts, np.flatnonzero(chars.is_space(starts)), 1,
+         lambda i: (starts[i] < ends[i]) & chars.is_space(np.minimum(starts[i], last)))
+    walk(ends, np.flatnonzero(chars.is_space(ends - 1)), -1,
+         lambda i: (ends[i] > starts[i]) & chars.is_space(np.maximum(ends[i] - 1, 0)))
+    return starts, ends

@@ -12,40 +12,33 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stage1_ensemble.chars import space_mask, word_mask
+from stage1_ensemble.chars import TextChars, trim_spaces, walk
 
 
 def positive_runs(positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Starts and ends (exclusive) of the maximal True runs of a boolean array."""
-    edges = np.diff(np.concatenate(([0], positive.view(np.int8), [0])))
-    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    edges = np.flatnonzero(np.diff(positive, prepend=False, append=False))
+    return edges[::2], edges[1::2]  # runs open and close in turn
 
 
-def expand_to_words(starts: np.ndarray, ends: np.ndarray, text: str,
+def expand_to_words(starts: np.ndarray, ends: np.ndarray, chars: TextChars,
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Move each start back to the start of its word and each end on to the end of its word."""
-    w_start, w_end = positive_runs(word_mask(text))
-    if len(w_start) == 0:
-        return starts, ends
-    i = np.maximum(np.searchsorted(w_start, starts, side="right") - 1, 0)
-    starts = np.where((w_start[i] <= starts) & (w_end[i] > starts), w_start[i], starts)
-    j = np.maximum(np.searchsorted(w_start, ends - 1, side="right") - 1, 0)
-    ends = np.where((w_start[j] <= ends - 1) & (w_end[j] > ends - 1), w_end[j], ends)
+    """Move each start back to the start of its word and each end on to the end of its word
+    (new arrays). Only the span boundaries are looked at, never the whole text."""
+    starts, ends = starts.copy(), ends.copy()
+    last = len(chars.text) - 1
+
+    def word_before_start(i: np.ndarray) -> np.ndarray:
+        return (starts[i] > 0) & chars.is_word(np.maximum(starts[i] - 1, 0))
+
+    def word_after_end(i: np.ndarray) -> np.ndarray:
+        return (ends[i] <= last) & chars.is_word(np.minimum(ends[i], last))
+
+    inside = np.flatnonzero(chars.is_word(starts))
+    walk(starts, inside[word_before_start(inside)], -1, word_before_start)
+    inside = np.flatnonzero(chars.is_word(ends - 1))
+    walk(ends, inside[word_after_end(inside)], 1, word_after_end)
     return starts, ends
-
-
-def trim_spaces(starts: np.ndarray, ends: np.ndarray, text: str,
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Drop leading and trailing whitespace; spans of whitespace only disappear."""
-    n = len(text)
-    solid = ~space_mask(text)
-    idx = np.arange(n)
-    # next solid character at or after i (n if none); last solid at or before i (-1 if none)
-    next_solid = np.minimum.accumulate(np.where(solid, idx, n)[::-1])[::-1]
-    prev_solid = np.maximum.accumulate(np.where(solid, idx, -1))
-    new_starts, new_ends = next_solid[starts], prev_solid[ends - 1] + 1
-    keep = new_ends > new_starts
-    return new_starts[keep], new_ends[keep]
 
 
 def merge_touching(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,17 +51,28 @@ def merge_touching(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np
     return starts[heads], np.maximum.reduceat(ends, heads)
 
 
+def span_means(probs: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Mean of ``probs`` over each span; spans sorted, disjoint and not touching."""
+    if not len(starts):
+        return np.zeros(0)
+    if ends[-1] >= len(probs):  # reduceat needs every boundary inside the array
+        probs = np.append(probs, np.float32(0))
+    bounds = np.stack((starts, ends), axis=1).ravel()
+    sums = np.add.reduceat(probs, bounds, dtype=np.float64)[::2]
+    return sums / (ends - starts)
+
+
 def decode_arrays(text: str, probs: np.ndarray, threshold: float,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Starts, ends and scores of the spans of one text, as arrays."""
     starts, ends = positive_runs(probs >= threshold)
     if len(starts):
-        starts, ends = expand_to_words(starts, ends, text)
-        starts, ends = trim_spaces(starts, ends, text)
-        starts, ends = merge_touching(starts, ends)
-    cumulative = np.concatenate(([0.0], np.cumsum(probs, dtype=np.float64)))
-    scores = (cumulative[ends] - cumulative[starts]) / np.maximum(ends - starts, 1)
-    return starts, ends, scores
+        chars = TextChars(text)
+        starts, ends = expand_to_words(starts, ends, chars)
+        starts, ends = trim_spaces(starts, ends, chars)
+        keep = ends > starts
+        starts, ends = merge_touching(starts[keep], ends[keep])
+    return starts, ends, span_means(probs, starts, ends)
 
 
 def _checked(text: str, char_probs: np.ndarray) -> np.ndarray:

@@ -13,70 +13,39 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stage1_ensemble.chars import space_mask
+from stage1_ensemble.chars import TextChars, trim_spaces
 
 
-class CharAccumulator:
-    """Sums token probabilities onto the characters of one text, window after window."""
+def char_means(n: int, starts: np.ndarray, ends: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per character of a text of ``n``: the mean probability of the ranges covering it, or
+    for a character no range covers, the minimum of its nearest covered neighbours (0 at an
+    edge with no covered neighbour).
 
-    def __init__(self, text: str) -> None:
-        self.n = len(text)
-        self._space = np.concatenate((space_mask(text), [False]))
-        self._nonspace = np.concatenate(([0], np.cumsum(~self._space[:-1])))
-        self._sum = np.zeros(self.n + 1, dtype=np.float64)  # difference arrays
-        self._count = np.zeros(self.n + 1, dtype=np.float64)
-
-    def add(self, offsets: np.ndarray, probs: np.ndarray, weight: float = 1.0) -> None:
-        """Add one window: ``offsets`` (n_tokens, 2) character ranges, ``probs`` (n_tokens,)."""
-        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-        starts, ends = offsets[:, 0], np.minimum(offsets[:, 1], self.n)
-        keep = (ends > starts) & (self._nonspace[ends] > self._nonspace[starts])
-        starts, ends = self._trim(starts[keep], ends[keep])
-        p = np.asarray(probs, dtype=np.float64)[keep] * weight
-        np.add.at(self._sum, starts, p)
-        np.add.at(self._sum, ends, -p)
-        np.add.at(self._count, starts, weight)
-        np.add.at(self._count, ends, -weight)
-
-    def _trim(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # Some tokenizers (XLM-R's SentencePiece among them) count the space before a word
-        # into the word's first piece; that space belongs to no token, so that it joins a
-        # mention only when both of its neighbours are positive. Each step moves every
-        # offset by one character; tokens hold at least one non-space character.
-        while True:
-            lead = self._space[starts]
-            if not lead.any():
-                break
-            starts = starts + lead
-        while True:
-            trail = self._space[ends - 1]
-            if not trail.any():
-                break
-            ends = ends - trail
-        return starts, ends
-
-    def result(self) -> np.ndarray:
-        """Character probabilities (float32, one per character)."""
-        total = np.cumsum(self._sum)[: self.n]
-        count = np.cumsum(self._count)[: self.n]
-        covered = count > 1e-9
-        probs = np.where(covered, total / np.where(covered, count, 1.0), 0.0)
-        return fill_uncovered(probs, covered).astype(np.float32)
-
-
-def fill_uncovered(probs: np.ndarray, covered: np.ndarray) -> np.ndarray:
-    """Give each uncovered character the minimum of its nearest covered neighbours (0 at an
-    edge with no covered neighbour)."""
-    n = len(probs)
-    if n == 0 or covered.all():
-        return probs
-    idx = np.arange(n)
-    left = np.maximum.accumulate(np.where(covered, idx, -1))
-    right = np.minimum.accumulate(np.where(covered, idx, n)[::-1])[::-1]
-    padded = np.concatenate((probs, [0.0]))  # index n (and -1) reads 0
-    from_left = np.where(left >= 0, padded[left], 0.0)
-    from_right = padded[right]
-    return np.where(covered, probs, np.minimum(from_left, from_right))
+    Range boundaries cut the text into segments on which every character has the same value,
+    so the arithmetic is per segment (a few per token) and the characters are written once.
+    """
+    cut = np.zeros(n + 1, dtype=bool)
+    cut[starts] = cut[ends] = True
+    cut[0] = cut[n] = True
+    bounds = np.flatnonzero(cut)
+    k = len(bounds) - 1  # segment i is [bounds[i], bounds[i + 1])
+    segment = np.cumsum(cut, dtype=np.int32)  # segment of character c is segment[c] - 1
+    first, last = segment[starts] - 1, segment[ends] - 1
+    total = np.bincount(first, probs, k + 1)
+    total -= np.bincount(last, probs, k + 1)
+    count = np.bincount(first, minlength=k + 1)
+    count -= np.bincount(last, minlength=k + 1)
+    np.cumsum(total, out=total)
+    np.cumsum(count, out=count)
+    total, count = total[:k], count[:k]
+    means = total / np.maximum(count, 1)
+    # Every boundary starts or ends a range, so an uncovered segment sits between two
+    # covered ones (or an edge): its nearest covered characters are its neighbours' own.
+    gaps = np.flatnonzero(count == 0)
+    padded = np.concatenate(([0.0], means, [0.0]))
+    means[gaps] = np.minimum(padded[gaps], padded[gaps + 2])
+    values = np.concatenate(([np.float32(0)], means.astype(np.float32)))
+    return np.take(values, segment[:n])
 
 
 def project_batch(texts: Sequence[str], doc_index: Sequence[int],
@@ -95,36 +64,47 @@ def project_batch(texts: Sequence[str], doc_index: Sequence[int],
         return []
     lengths = np.array([len(t) for t in texts])
     bases = np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
-    acc = CharAccumulator(SEPARATOR.join(texts))
-    docs, offs, p = _flatten(np.asarray(doc_index, dtype=np.int64), offsets, probs)
-    if len(docs):
-        # offsets past a text's end are clipped to it; zero-width offsets stay zero-width
-        offs = np.minimum(offs, lengths[docs][:, None]) + bases[docs][:, None]
-        acc.add(offs, p)
+    joined = SEPARATOR.join(texts)
+    starts, ends, p = _joined_ranges(doc_index, offsets, probs, bases, bases + lengths)
+    keep = ends > starts
+    # Some tokenizers (XLM-R's SentencePiece among them) count the space before a word into
+    # the word's first piece; that space belongs to no token, so that it joins a mention
+    # only when both of its neighbours are positive. Tokens of whitespace only carry nothing.
+    starts, ends = trim_spaces(starts[keep], ends[keep], TextChars(joined))
+    p = p[keep]
+    keep = ends > starts
     seps = bases[1:] - 1
-    acc.add(np.stack([seps, seps + 1], axis=1), np.zeros(len(seps)))
-    joined = acc.result()
-    return [joined[b : b + n] for b, n in zip(bases.tolist(), lengths.tolist())]
+    out = char_means(len(joined), np.concatenate((starts[keep], seps)),
+                     np.concatenate((ends[keep], seps + 1)),
+                     np.concatenate((p[keep], np.zeros(len(seps)))))
+    return [out[b : b + n] for b, n in zip(bases.tolist(), lengths.tolist())]
 
 
-def _flatten(doc_index: np.ndarray, offsets, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _joined_ranges(doc_index, offsets, probs, bases: np.ndarray, limits: np.ndarray,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token starts, ends and probabilities, the offsets moved to the joined texts and clipped
+    to their own text's end (zero-width offsets stay zero-width)."""
+    doc_index = np.asarray(doc_index, dtype=np.int64)
     if isinstance(offsets, np.ndarray) and offsets.ndim == 3:
-        width = offsets.shape[1]
-        return (np.repeat(doc_index, width), offsets.reshape(-1, 2),
-                np.asarray(probs, dtype=np.float64).reshape(-1))
+        shift, limit = bases[doc_index][:, None], limits[doc_index][:, None]
+        return (np.minimum(offsets[..., 0] + shift, limit).ravel(),
+                np.minimum(offsets[..., 1] + shift, limit).ravel(),
+                np.asarray(probs, dtype=np.float64).ravel())
     if len(offsets) == 0:
-        return np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0)
-    return (np.concatenate([np.full(len(o), d) for d, o in zip(doc_index, offsets)]),
-            np.concatenate([np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in offsets]),
-            np.concatenate([np.asarray(x, dtype=np.float64) for x in probs]))
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    ranges = np.concatenate([np.minimum(np.asarray(o, dtype=np.int64).reshape(-1, 2) + bases[d],
+                                        limits[d])
+                             for d, o in zip(doc_index.tolist(), offsets)])
+    return (ranges[:, 0], ranges[:, 1],
+            np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1) for x in probs]))
 
 
 def project(text: str, windows: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Character probabilities of ``text`` from (offsets, token probabilities) windows."""
-    acc = CharAccumulator(text)
-    for offsets, probs in windows:
-        acc.add(offsets, probs)
-    return acc.result()
+    if not windows:
+        return project_batch([text], [], [], [])[0]
+    offsets, probs = zip(*windows)
+    return project_batch([text], [0] * len(windows), list(offsets), list(probs))[0]
 
 
 def weighted_mean(arrays: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:

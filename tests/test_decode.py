@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from stage1_ensemble import decode_spans
-from stage1_ensemble.project import fill_uncovered, project, weighted_mean
+from stage1_ensemble.project import project, weighted_mean
+from tests.reference_decode import python_decode, python_project
 
 
 def probs_for(text: str, positive: list[str], high: float = 0.9, low: float = 0.1) -> np.ndarray:
@@ -123,9 +124,12 @@ def test_empty_and_whitespace_texts_and_bad_shapes():
 
 
 def test_uncovered_edges_and_weighted_mean():
-    probs = np.array([0.0, 0.5, 0.0, 0.9, 0.0])
-    covered = np.array([False, True, False, True, False])
-    assert fill_uncovered(probs, covered).tolist() == [0.0, 0.5, 0.5, 0.9, 0.0]
+    # characters no token covers take the smaller of their covered neighbours, 0 at an edge
+    windows = [(np.array([[1, 2], [4, 5]]), np.array([0.5, 0.9]))]
+    assert project("x1yy2z", windows).tolist() == pytest.approx([0.0, 0.5, 0.5, 0.5, 0.9, 0.0])
+    # a character under two windows gets their mean
+    windows.append((np.array([[4, 6]]), np.array([0.3])))
+    assert project("x1yy2z", windows).tolist() == pytest.approx([0.0, 0.5, 0.5, 0.5, 0.6, 0.3])
     mean = weighted_mean([np.array([0.0, 1.0]), np.array([1.0, 1.0])], [1.0, 3.0])
     assert mean.tolist() == pytest.approx([0.75, 1.0])
 
@@ -150,3 +154,26 @@ def test_batch_projection_and_decoding_equal_one_text_at_a_time():
         assert decode_batch(texts, single, t) == [decode_spans(x, p, t)
                                                   for x, p in zip(texts, single)]
     assert decode_batch([], [], 0.5) == []
+
+
+ALPHABET = ["a", "b", "Z", "7", "ţ", "š", "ä", "é", " ", " ", "\n", "\r\n", "\t", "-", ".",
+            ",", "\u00a0", "\U0001d400", "\U0001f600", "\x00"]  # 𝐀 is a letter, 😀 is not
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_arrays_agree_with_the_per_character_rules(seed):
+    rng = np.random.default_rng(seed)
+    text = "".join(rng.choice(ALPHABET, size=int(rng.integers(0, 60))).tolist())
+    windows = []
+    for _ in range(int(rng.integers(0, 4))):  # overlapping windows of random pieces
+        cuts = sorted(set(rng.integers(0, len(text) + 1, size=int(rng.integers(1, 30))).tolist()))
+        offs = np.array([[a, b] for a, b in zip(cuts, cuts[1:])] + [[0, 0]]).reshape(-1, 2)
+        windows.append((offs, rng.random(len(offs))))
+    expected = python_project(text, windows)
+    got = project(text, windows)
+    assert got.tolist() == pytest.approx(expected, abs=1e-6)
+    for threshold in (0.2, 0.5, 0.8):
+        want = python_decode(text, expected, threshold)
+        spans = decode_spans(text, np.asarray(expected, dtype=np.float32), threshold)
+        assert [(s, e) for s, e, _ in spans] == [(s, e) for s, e, _ in want]
+        assert [x for _, _, x in spans] == pytest.approx([x for _, _, x in want], abs=1e-6)
