@@ -3,10 +3,11 @@ single member, strict and char F1 per class (the official metrics).
 
   python bench/stage1_quality.py --ensemble runs/minilm_spaccc \
       --train ../shared/data/spaccc_train --dev ../shared/data/cardioccc_dev \
-      [--threshold 0.5] [--member-docs 40]
+      [--threshold 0.5] [--thresholds 0.3,0.4,0.6]
 
-The ensemble's character probabilities come from the cache that `pipeline run` fills (or are
-computed); single members are compared with the ensemble on the first --member-docs documents.
+Every member runs once over the dev texts; the ensemble is their weighted mean (what
+Ensemble.char_probs computes), so single members and the ensemble are compared on the same
+documents without running any model twice.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.documents import Span  # noqa: E402
 from pipeline.metrics import evaluate  # noqa: E402
-from pipeline.predict import char_probabilities, propose  # noqa: E402
+from pipeline.predict import propose  # noqa: E402
 from pipeline.readers import open_corpus  # noqa: E402
 from pipeline.thresholds import Thresholds  # noqa: E402
-from stage1_ensemble.decode import decode_batch  # noqa: E402
-from stage1_ensemble.ensemble import CharProbCache, Ensemble  # noqa: E402
+from stage1_ensemble import decode_batch, weighted_mean  # noqa: E402
+from stage1_ensemble.ensemble import Ensemble  # noqa: E402
 from stage1_ensemble.gazetteer import Gazetteer  # noqa: E402
 
 
@@ -48,7 +49,6 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--thresholds", default="", help="more ensemble thresholds to report, "
                                                       "comma-separated")
-    ap.add_argument("--member-docs", type=int, default=40)
     args = ap.parse_args()
 
     ens = Ensemble.load(args.ensemble)
@@ -62,11 +62,13 @@ def main() -> None:
                           for d in open_corpus(args.train) for s in d.spans)
     gaz_pred = [Span(d.id, c, s, e) for d in dev for c in classes
                 for s, e, _ in gaz.predict(d.text, c)]
-    cache = CharProbCache(args.ensemble / "cache" / "charprobs", ens.identity)
-    probs = char_probabilities(dev, ens, cache)
-    th = Thresholds.uniform(args.threshold)
-    ens_pred = [s for spans in propose(dev, probs, th) for s in spans]
-    print(f"## {len(dev)} documents of {args.dev.name}; ensemble threshold {args.threshold}\n")
+    texts = [d.text for d in dev]
+    # each member runs once; the ensemble is their weighted mean, as Ensemble.char_probs does
+    member_probs = {m.name: ens.runner(m).char_probs(texts) for m in ens.manifest.members}
+    probs = [{cls: weighted_mean([member_probs[m.name][i] for m in members_of(ens, cls)],
+                                 [m.weight for m in members_of(ens, cls)])
+              for cls in classes} for i in range(len(dev))]
+    print(f"## {len(dev)} documents of {args.dev.name}\n")
     rows = table("gazetteer", gold, gaz_pred, classes)
     n_members = len(ens.manifest.members) // len(classes)
     for t in [args.threshold] + [float(x) for x in args.thresholds.split(",") if x]:
@@ -74,17 +76,18 @@ def main() -> None:
         rows += table(f"ensemble ({n_members} members) @{t}", gold, pred, classes)
     print("\n".join(head + rows))
 
-    sub = dev[: args.member_docs]
-    sub_ids = {d.id for d in sub}
-    sub_gold = [s for s in gold if s.doc_id in sub_ids]
-    rows = table("ensemble", sub_gold, [s for s in ens_pred if s.doc_id in sub_ids], classes)
+    rows = []
     for m in ens.manifest.members:
-        member_probs = ens.runner(m).char_probs([d.text for d in sub])
-        spans = decode_batch([d.text for d in sub], member_probs, args.threshold)
-        pred = [Span(d.id, m.entity_class, s, e) for d, ss in zip(sub, spans) for s, e, _ in ss]
-        rows += table(m.name, sub_gold, pred, [m.entity_class])
-    print(f"\n## single members vs the ensemble, first {len(sub)} documents\n")
+        spans = decode_batch(texts, member_probs[m.name], args.threshold)
+        pred = [Span(d.id, m.entity_class, s, e) for d, ss in zip(dev, spans) for s, e, _ in ss]
+        rows += table(f"{m.name} @{args.threshold}", gold, pred, [m.entity_class])
+    print(f"\n## single members, same {len(dev)} documents (the ensemble @{args.threshold} "
+          "is above)\n")
     print("\n".join(head + rows))
+
+
+def members_of(ens: Ensemble, cls: str):
+    return [m for m in ens.manifest.members if m.entity_class == cls]
 
 
 if __name__ == "__main__":
