@@ -27,25 +27,22 @@ def char_means(n: int, starts: np.ndarray, ends: np.ndarray, probs: np.ndarray) 
     cut = np.zeros(n + 1, dtype=bool)
     cut[starts] = cut[ends] = True
     cut[0] = cut[n] = True
-    bounds = np.flatnonzero(cut)
-    k = len(bounds) - 1  # segment i is [bounds[i], bounds[i + 1])
-    segment = np.cumsum(cut, dtype=np.int32)  # segment of character c is segment[c] - 1
-    first, last = segment[starts] - 1, segment[ends] - 1
-    total = np.bincount(first, probs, k + 1)
-    total -= np.bincount(last, probs, k + 1)
-    count = np.bincount(first, minlength=k + 1)
-    count -= np.bincount(last, minlength=k + 1)
+    k = int(np.count_nonzero(cut)) - 1  # segments: from each cut up to the next
+    segment = np.cumsum(cut, dtype=np.int32)  # character c lies in segment[c], from 1 to k
+    first, last = segment[starts], segment[ends]
+    total = np.bincount(first, probs, k + 2)
+    total -= np.bincount(last, probs, k + 2)
+    count = np.bincount(first, minlength=k + 2)
+    count -= np.bincount(last, minlength=k + 2)
     np.cumsum(total, out=total)
     np.cumsum(count, out=count)
-    total, count = total[:k], count[:k]
     means = total / np.maximum(count, 1)
+    means[0] = means[k + 1] = 0.0  # outside the text (the sums there cancel only roughly)
     # Every boundary starts or ends a range, so an uncovered segment sits between two
     # covered ones (or an edge): its nearest covered characters are its neighbours' own.
-    gaps = np.flatnonzero(count == 0)
-    padded = np.concatenate(([0.0], means, [0.0]))
-    means[gaps] = np.minimum(padded[gaps], padded[gaps + 2])
-    values = np.concatenate(([np.float32(0)], means.astype(np.float32)))
-    return np.take(values, segment[:n])
+    gaps = np.flatnonzero(count[1 : k + 1] == 0) + 1
+    means[gaps] = np.minimum(means[gaps - 1], means[gaps + 1])
+    return np.take(means.astype(np.float32), segment[:n])
 
 
 def project_batch(texts: Sequence[str], doc_index: Sequence[int],
