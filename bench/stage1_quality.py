@@ -23,7 +23,7 @@ from pipeline.documents import Span  # noqa: E402
 from pipeline.metrics import evaluate  # noqa: E402
 from pipeline.predict import propose  # noqa: E402
 from pipeline.readers import open_corpus  # noqa: E402
-from pipeline.thresholds import Thresholds  # noqa: E402
+from pipeline.thresholds import ClassThresholds, Thresholds  # noqa: E402
 from stage1_ensemble import decode_batch, weighted_mean  # noqa: E402
 from stage1_ensemble.ensemble import Ensemble  # noqa: E402
 from stage1_ensemble.gazetteer import Gazetteer  # noqa: E402
@@ -74,6 +74,17 @@ def main() -> None:
     for t in [args.threshold] + [float(x) for x in args.thresholds.split(",") if x]:
         pred = [s for spans in propose(dev, probs, Thresholds.uniform(t)) for s in spans]
         rows += table(f"ensemble ({n_members} members) @{t}", gold, pred, classes)
+    # thresholds chosen without the dev set: each member's best on its held-out training fold
+    held_out = {cls: [m.validation.get("best_threshold") for m in members_of(ens, cls)]
+                for cls in classes}
+    if all(t is not None for ts in held_out.values() for t in ts):
+        picked = {cls: round(sum(ts) / len(ts), 3) for cls, ts in held_out.items()}
+        th = Thresholds(default=ClassThresholds(stage1=args.threshold),
+                        classes={cls: ClassThresholds(stage1=t) for cls, t in picked.items()})
+        pred = [s for spans in propose(dev, probs, th) for s in spans]
+        for cls in classes:
+            rows += table(f"ensemble ({n_members} members) @{picked[cls]} (held-out folds)",
+                          gold, pred, [cls])
     print("\n".join(head + rows))
 
     rows = []

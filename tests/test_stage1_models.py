@@ -56,6 +56,45 @@ def test_training_resumes_by_keeping_finished_members(overfit_ensemble, tmp_path
     assert seen == ["kept"] and len(manifest["members"]) == 1
 
 
+def test_validation_scores_the_default_threshold_and_finds_the_best(overfit_ensemble):
+    from pipeline.training import VALIDATION_GRID, validate_member
+
+    member = json.loads((overfit_ensemble / "ensemble.json").read_text())["members"][0]
+    scores = validate_member(overfit_ensemble / member["path"], two_docs(), "DISEASE")
+    assert scores["threshold"] == 0.5 and scores["documents"] == 2
+    assert scores["char_f1"] == scores["strict_f1"] == 1.0  # the model overfits both texts
+    assert scores["best_threshold"] in VALIDATION_GRID
+    assert scores["best_char_f1"] >= scores["char_f1"]
+
+
+def test_resumed_training_scores_the_threshold_grid_of_older_members(tmp_path):
+    from tests.tiny_models import tiny_bert_encoder
+
+    # one document in each of two folds, so that each member has a held-out document
+    ids = {fold_of(f"case{i}", 2): f"case{i}" for i in range(20)}
+    docs = [Document(ids[f], text, spans=[Span(ids[f], "DISEASE", s.start, s.end)
+                                          for s in doc.spans])
+            for f, (text, doc) in enumerate(zip(SENTENCES, two_docs()))]
+    encoder = tiny_bert_encoder(tmp_path / "encoder")
+    config = TrainConfig(max_steps=1, warmup_steps=0, batch_size=2, max_length=64, stride=8)
+    out = tmp_path / "ens"
+    train_ensemble(docs, out=out, encoders=[str(encoder)], classes=["DISEASE"], n_folds=2,
+                   config=config)
+    member_file = next(out.glob("*-f0/member.json"))
+    member = json.loads(member_file.read_text())
+    assert member["validation"]["documents"] == 1 and "best_threshold" in member["validation"]
+    for key in ("best_threshold", "best_char_f1"):  # as an older version wrote it
+        del member["validation"][key]
+    member_file.write_text(json.dumps(member))
+    seen = []
+    train_ensemble(docs, out=out, encoders=[str(encoder)], classes=["DISEASE"], n_folds=2,
+                   config=config, on_member=lambda name, what: seen.append(what))
+    assert seen == ["kept", "kept"]
+    assert "best_threshold" in json.loads(member_file.read_text())["validation"]
+    manifest = json.loads((out / "ensemble.json").read_text())
+    assert all("best_threshold" in m["validation"] for m in manifest["members"])
+
+
 def test_training_on_other_data_into_the_same_folder_is_refused(overfit_ensemble):
     docs = two_docs()[:1]
     with pytest.raises(ValueError, match="trained on other data"):
