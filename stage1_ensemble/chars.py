@@ -14,6 +14,26 @@ _ALNUM = np.array([chr(c).isalnum() for c in range(_BMP)], dtype=bool)
 _SPACE = np.array([chr(c).isspace() for c in range(_BMP)], dtype=bool)
 
 
+# Batches of texts are joined and worked on in pieces of about this many characters: large
+# enough that per-call overheads vanish, small enough that the arrays stay in cache.
+CHUNK_CHARS = 1 << 19
+
+
+def chunks(lengths: list[int], budget: int | None = None) -> list[tuple[int, int]]:
+    """``(lo, hi)`` ranges of consecutive texts of at most ``budget`` (CHUNK_CHARS)
+    characters in all, separators counted (a longer text is a range of its own)."""
+    budget = CHUNK_CHARS if budget is None else budget
+    out, lo, total = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > lo and total + n > budget:
+            out.append((lo, i))
+            lo, total = i, 0
+        total += n + 1
+    if lo < len(lengths):
+        out.append((lo, len(lengths)))
+    return out
+
+
 def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stage1_ensemble.chars import TextChars, trim_spaces, walk
+from stage1_ensemble.chars import TextChars, chunks, trim_spaces, walk
 
 
 def positive_runs(positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,13 +97,21 @@ SEPARATOR = "\x00"
 
 def decode_batch(texts: Sequence[str], char_probs: Sequence[np.ndarray], threshold: float,
                  ) -> list[list[tuple[int, int, float]]]:
-    """``decode_spans`` of many texts at once (one pass over their joined arrays)."""
+    """``decode_spans`` of many texts at once (passes over their joined arrays)."""
     if threshold < 0:
         raise ValueError(f"threshold must be >= 0, not {threshold}")
-    if not texts:
-        return []
+    if len(texts) != len(char_probs):
+        raise ValueError(f"{len(texts)} texts but {len(char_probs)} probability arrays")
+    out: list[list[tuple[int, int, float]]] = []
+    for lo, hi in chunks([len(t) for t in texts]):
+        out += _decode_joined(texts[lo:hi], char_probs[lo:hi], threshold)
+    return out
+
+
+def _decode_joined(texts: Sequence[str], char_probs: Sequence[np.ndarray], threshold: float,
+                   ) -> list[list[tuple[int, int, float]]]:
     parts: list[np.ndarray] = []
-    for text, probs in zip(texts, char_probs, strict=True):
+    for text, probs in zip(texts, char_probs):
         parts += [_checked(text, probs), np.array([-1.0], dtype=np.float32)]
     joined = SEPARATOR.join(texts)
     starts, ends, scores = decode_arrays(joined, np.concatenate(parts[:-1]), threshold)

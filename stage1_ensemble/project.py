@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stage1_ensemble.chars import TextChars, trim_spaces
+from stage1_ensemble.chars import TextChars, chunks, trim_spaces
 
 
 def char_means(n: int, starts: np.ndarray, ends: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -51,14 +51,33 @@ def project_batch(texts: Sequence[str], doc_index: Sequence[int],
     """Character probabilities of many texts at once.
 
     Window ``w`` belongs to text ``doc_index[w]``; ``offsets`` is (W, L, 2) and ``probs``
-    (W, L) as padded arrays (padding has zero-width offsets), or one array a window. One pass
-    over the joined texts, whose separators count as covered with probability 0, so nothing
-    leaks from one text into the next.
+    (W, L) as padded arrays (padding has zero-width offsets), or one array a window. The
+    texts are joined (in pieces of about CHUNK_CHARS characters) and worked on together;
+    separators count as covered with probability 0, so nothing leaks from text to text.
     """
-    from stage1_ensemble.decode import SEPARATOR
-
     if not texts:
         return []
+    doc_index = np.asarray(doc_index, dtype=np.int64)
+    pieces = chunks([len(t) for t in texts])
+    if len(pieces) == 1:
+        return _project_joined(texts, doc_index, offsets, probs)
+    out: list[np.ndarray] = []
+    padded = isinstance(offsets, np.ndarray) and offsets.ndim == 3
+    for lo, hi in pieces:
+        rows = np.flatnonzero((doc_index >= lo) & (doc_index < hi))
+        if padded:
+            part_offsets, part_probs = offsets[rows], np.asarray(probs)[rows]
+        else:
+            part_offsets = [offsets[r] for r in rows.tolist()]
+            part_probs = [probs[r] for r in rows.tolist()]
+        out += _project_joined(texts[lo:hi], doc_index[rows] - lo, part_offsets, part_probs)
+    return out
+
+
+def _project_joined(texts: Sequence[str], doc_index: np.ndarray, offsets, probs,
+                    ) -> list[np.ndarray]:
+    from stage1_ensemble.decode import SEPARATOR
+
     lengths = np.array([len(t) for t in texts])
     bases = np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
     joined = SEPARATOR.join(texts)
@@ -81,7 +100,6 @@ def _joined_ranges(doc_index, offsets, probs, bases: np.ndarray, limits: np.ndar
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token starts, ends and probabilities, the offsets moved to the joined texts and clipped
     to their own text's end (zero-width offsets stay zero-width)."""
-    doc_index = np.asarray(doc_index, dtype=np.int64)
     if isinstance(offsets, np.ndarray) and offsets.ndim == 3:
         shift, limit = bases[doc_index][:, None], limits[doc_index][:, None]
         return (np.minimum(offsets[..., 0] + shift, limit).ravel(),

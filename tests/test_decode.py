@@ -134,8 +134,11 @@ def test_uncovered_edges_and_weighted_mean():
     assert mean.tolist() == pytest.approx([0.75, 1.0])
 
 
-def test_batch_projection_and_decoding_equal_one_text_at_a_time():
-    from stage1_ensemble import decode_batch, project_batch
+@pytest.mark.parametrize("chunk_chars", [1 << 19, 7])
+def test_batch_projection_and_decoding_equal_one_text_at_a_time(chunk_chars, monkeypatch):
+    from stage1_ensemble import chars, decode_batch, project_batch
+
+    monkeypatch.setattr(chars, "CHUNK_CHARS", chunk_chars)  # 7: texts in several pieces
 
     rng = np.random.default_rng(1)
     texts = ["  dolor torácico ", "", "fiebre", "a b c\r\nd", "   "]
@@ -150,6 +153,17 @@ def test_batch_projection_and_decoding_equal_one_text_at_a_time():
     single = [project(t, [(o, p) for d, o, p in windows if d == i]) for i, t in enumerate(texts)]
     for a, b in zip(batch, single):
         assert a == pytest.approx(b)
+    # the same windows as padded arrays, in shuffled order, as inference may hand them over
+    order = rng.permutation(len(windows))
+    width = max(len(o) for _, o, _ in windows)
+    offsets = np.zeros((len(windows), width, 2), dtype=np.int64)
+    probs = np.zeros((len(windows), width), dtype=np.float32)
+    for row, w in enumerate(order.tolist()):
+        _, o, p = windows[w]
+        offsets[row, : len(o)], probs[row, : len(p)] = o, p
+    padded = project_batch(texts, [windows[w][0] for w in order.tolist()], offsets, probs)
+    for a, b in zip(padded, single):
+        assert a == pytest.approx(b, abs=1e-6)
     for t in (0.3, 0.5, 0.7):
         assert decode_batch(texts, single, t) == [decode_spans(x, p, t)
                                                   for x, p in zip(texts, single)]
