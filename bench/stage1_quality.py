@@ -7,7 +7,8 @@ single member, strict and char F1 per class (the official metrics).
 
 Every member runs once over the dev texts; the ensemble is their weighted mean (what
 Ensemble.char_probs computes), so single members and the ensemble are compared on the same
-documents without running any model twice.
+documents without running any model twice. The ensemble's probabilities go to its cache, so
+`pipeline run --ensemble E --input DEV ...` then `pipeline evaluate` give the same figures.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -25,7 +28,7 @@ from pipeline.predict import propose  # noqa: E402
 from pipeline.readers import open_corpus  # noqa: E402
 from pipeline.thresholds import ClassThresholds, Thresholds  # noqa: E402
 from stage1_ensemble import decode_batch, weighted_mean  # noqa: E402
-from stage1_ensemble.ensemble import Ensemble  # noqa: E402
+from stage1_ensemble.ensemble import CharProbCache, Ensemble  # noqa: E402
 from stage1_ensemble.gazetteer import Gazetteer  # noqa: E402
 
 
@@ -68,6 +71,13 @@ def main() -> None:
     probs = [{cls: weighted_mean([member_probs[m.name][i] for m in members_of(ens, cls)],
                                  [m.weight for m in members_of(ens, cls)])
               for cls in classes} for i in range(len(dev))]
+    # stored in the ensemble's cache as `pipeline run` stores them (float16), so that a later
+    # `pipeline run` + `pipeline evaluate` reproduces these figures without running models
+    cache = CharProbCache(args.ensemble / "cache" / "charprobs", ens.identity)
+    for text, by_class in zip(texts, probs):
+        for cls, p in by_class.items():
+            cache.put(cls, text, p)
+            by_class[cls] = p.astype(np.float16).astype(np.float32)
     print(f"## {len(dev)} documents of {args.dev.name}\n")
     rows = table("gazetteer", gold, gaz_pred, classes)
     n_members = len(ens.manifest.members) // len(classes)

@@ -24,6 +24,10 @@ def test_evaluate_json_has_the_official_keys(tmp_path):
     assert set(r["char_f1"]) == {"precision", "recall", "f1", "n_gold", "n_pred"}
     assert r["char_f1"]["precision"] == 0.6667
     assert [s["value"] for s in r["slices"]] == ["DISEASE", "SYMPTOM"]
+    # the table, piped to a file, keeps every figure whole
+    out = pipeline("evaluate", "--gold", str(gold), "--pred", str(pred))
+    assert out.returncode == 0, out.stderr
+    assert "class=DISEASE" in out.stdout and "0.6667" in out.stdout and "…" not in out.stdout
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path):

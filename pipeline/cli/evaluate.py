@@ -33,6 +33,9 @@ def evaluate_command(
     print_table(result.as_dict())
 
 
+TABLE_WIDTH = 130
+
+
 def print_table(result: dict) -> None:
     table = Table(title="Evaluation")
     for col in ("slice", "strict P", "strict R", "strict F1", "tp", "fp", "fn",
@@ -46,4 +49,7 @@ def print_table(result: dict) -> None:
                       *(str(st[k]) for k in ("tp", "fp", "fn")),
                       *(f"{ch[k]:.4f}" for k in ("precision", "recall", "f1")),
                       str(ch["n_gold"]), str(ch["n_pred"]))
-    Console().print(table)
+    console = Console()
+    if console.width < TABLE_WIDTH:  # piped, or a narrow terminal: never cut the figures
+        console = Console(width=TABLE_WIDTH)
+    console.print(table)
