@@ -16,10 +16,13 @@ import numpy as np
 from stage1_ensemble.chars import TextChars, chunks, trim_spaces
 
 
-def char_means(n: int, starts: np.ndarray, ends: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def char_means(n: int, starts: np.ndarray, ends: np.ndarray, probs: np.ndarray,
+               walls: np.ndarray | None = None) -> np.ndarray:
     """Per character of a text of ``n``: the mean probability of the ranges covering it, or
     for a character no range covers, the minimum of its nearest covered neighbours (0 at an
-    edge with no covered neighbour).
+    edge with no covered neighbour). ``walls`` are characters no range covers that count as
+    edges for their neighbours (the separators of joined texts); their own value is
+    meaningless.
 
     Range boundaries cut the text into segments on which every character has the same value,
     so the arithmetic is per segment (a few per token) and the characters are written once.
@@ -27,6 +30,8 @@ def char_means(n: int, starts: np.ndarray, ends: np.ndarray, probs: np.ndarray) 
     cut = np.zeros(n + 1, dtype=bool)
     cut[starts] = cut[ends] = True
     cut[0] = cut[n] = True
+    if walls is not None:
+        cut[walls] = cut[walls + 1] = True
     k = int(np.count_nonzero(cut)) - 1  # segments: from each cut up to the next
     segment = np.cumsum(cut, dtype=np.int32)  # character c lies in segment[c], from 1 to k
     first, last = segment[starts], segment[ends]
@@ -38,8 +43,9 @@ def char_means(n: int, starts: np.ndarray, ends: np.ndarray, probs: np.ndarray) 
     np.cumsum(count, out=count)
     means = total / np.maximum(count, 1)
     means[0] = means[k + 1] = 0.0  # outside the text (the sums there cancel only roughly)
-    # Every boundary starts or ends a range, so an uncovered segment sits between two
-    # covered ones (or an edge): its nearest covered characters are its neighbours' own.
+    # Every boundary starts or ends a range (or a wall), so an uncovered segment sits between
+    # two covered ones or an edge or a wall (all 0 here): its nearest covered characters are
+    # its neighbours' own.
     gaps = np.flatnonzero(count[1 : k + 1] == 0) + 1
     means[gaps] = np.minimum(means[gaps - 1], means[gaps + 1])
     return np.take(means.astype(np.float32), segment[:n])
@@ -53,7 +59,7 @@ def project_batch(texts: Sequence[str], doc_index: Sequence[int],
     Window ``w`` belongs to text ``doc_index[w]``; ``offsets`` is (W, L, 2) and ``probs``
     (W, L) as padded arrays (padding has zero-width offsets), or one array a window. The
     texts are joined (in pieces of about CHUNK_CHARS characters) and worked on together;
-    separators count as covered with probability 0, so nothing leaks from text to text.
+    the separators are walls, so nothing leaks from text to text.
     """
     if not texts:
         return []
@@ -89,10 +95,7 @@ def _project_joined(texts: Sequence[str], doc_index: np.ndarray, offsets, probs,
     starts, ends = trim_spaces(starts[keep], ends[keep], TextChars(joined))
     p = p[keep]
     keep = ends > starts
-    seps = bases[1:] - 1
-    out = char_means(len(joined), np.concatenate((starts[keep], seps)),
-                     np.concatenate((ends[keep], seps + 1)),
-                     np.concatenate((p[keep], np.zeros(len(seps)))))
+    out = char_means(len(joined), starts[keep], ends[keep], p[keep], walls=bases[1:] - 1)
     return [out[b : b + n] for b, n in zip(bases.tolist(), lengths.tolist())]
 
 
