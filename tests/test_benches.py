@@ -1,0 +1,31 @@
+"""The benchmarks stay runnable: each runs at a tiny size, on the CPU, with its own checks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(*args: str) -> str:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_decode_benchmark_checks_identical_spans(shared_data):
+    out = bench("bench/bench_decode.py", str(shared_data / "cardioccc_dev"), "3")
+    assert re.search(r"3 documents, \d+ characters, \d+ spans \(identical\)", out)
+    assert re.search(r"speed-up \d+\.\dx", out)
+
+
+def test_gpu_benchmark_runs_small_on_the_cpu(shared_data):
+    out = bench("bench/gpu_stage1.py", "--tiny", "--docs", "3", "--members", "2",
+                "--texts", str(shared_data / "cardioccc_dev"))
+    assert "device cpu, 2 members" in out
+    assert re.search(r"3 documents, \d+ characters, \d+ windows", out)
+    assert re.search(r"[\d,]+ ensemble tokens/s", out)
