@@ -6,7 +6,7 @@ on the weights) with the real XLM-R tokenizer. Host work on one chunk of documen
 the device work on the next. Prints ensemble tokens/s and the achieved model FLOP rate next
 to the card's peak.
 
-  GPU:  python bench/gpu_stage1.py --texts DIR --members 6
+  GPU:  python bench/gpu_stage1.py --texts DIR --members 6 [--compile --width-multiple 64]
   CPU:  python bench/gpu_stage1.py --tiny --docs 8      (a small check that it runs)
 """
 
@@ -79,6 +79,10 @@ def main() -> None:
     ap.add_argument("--forward-only", action="store_true",
                     help="skip projection and decoding (to see what the host costs)")
     ap.add_argument("--tiny", action="store_true", help="small model (CPU check)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the members (a warm-up pass compiles them first)")
+    ap.add_argument("--width-multiple", type=int, default=1,
+                    help="round batch widths up to this multiple (few compiled shapes)")
     args = ap.parse_args()
 
     from transformers import XLMRobertaTokenizerFast
@@ -91,7 +95,8 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     texts = load_texts(args.texts, args.docs)
     members, config = build_members(args.members, args.tiny, device)
-    cfg = InferenceConfig(batch_size=args.batch_size)
+    cfg = InferenceConfig(batch_size=args.batch_size, compile=args.compile,
+                          width_multiple=args.width_multiple)
     runners = [MemberRunner(m, tokenizer, cfg) for m in members]
     print(f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, "
           f"{args.members} members of {sum(p.numel() for p in members[0].parameters()) / 1e6:.0f}M "
@@ -124,7 +129,8 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t0, np.array(lengths), spans
 
-    run(texts[: min(len(texts), args.chunk_docs)])  # warm-up: kernels, allocator
+    # warm-up: kernels, allocator; compiled members see every shape of the timed run first
+    run(texts if args.compile else texts[: min(len(texts), args.chunk_docs)])
     elapsed, lengths, spans = run(texts)
     tokens = int(lengths.sum())
     flops = model_flops(config, lengths, args.members)

@@ -33,6 +33,11 @@ class InferenceConfig(Strict):
     stride: int = 32
     device: str | None = None  # None: cuda where available, else cpu
     bf16: bool | None = None  # None: bf16 on cuda
+    # torch.compile the encoder (fuses its elementwise work; the first batches pay the
+    # compilation). Batch widths are then rounded up to a multiple of width_multiple so
+    # that few shapes are compiled.
+    compile: bool = False
+    width_multiple: int = Field(1, ge=1)
 
 
 def load_config(path: Path, model: type[Strict] = TrainConfig) -> Strict:

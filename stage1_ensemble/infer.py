@@ -22,6 +22,11 @@ def use_bf16(config_bf16: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" if config_bf16 is None else config_bf16
 
 
+def padded_width(longest: int, multiple: int, limit: int) -> int:
+    """A batch's width: its longest window rounded up to ``multiple``, at most ``limit``."""
+    return min(-(-longest // multiple) * multiple, limit)
+
+
 class MemberRunner:
     """A loaded token classifier that turns texts into positive-class token probabilities."""
 
@@ -30,6 +35,8 @@ class MemberRunner:
         self.device = pick_device(self.config)
         dtype = torch.bfloat16 if use_bf16(self.config.bf16, self.device) else torch.float32
         self.model = model.to(self.device, dtype=dtype).eval()
+        self.forward = torch.compile(self.model, dynamic=True) if self.config.compile \
+            else self.model
         self.tokenizer = tokenizer
 
     def windows(self, texts: Sequence[str]) -> Windows:
@@ -39,7 +46,7 @@ class MemberRunner:
     @torch.inference_mode()
     def window_probs(self, windows: Windows) -> np.ndarray:
         """Positive-class probability of every token of every window, (W, L) like the
-        windows' input_ids (padding included; its offsets are zero-width).
+        windows' input_ids (0 on padding, whose offsets are zero-width).
 
         Windows are sorted by length so that batches carry little padding; results stay on
         the device until every batch has been queued, then come back in one transfer each,
@@ -50,7 +57,8 @@ class MemberRunner:
         pending = []
         for b in range(0, len(order), self.config.batch_size):
             batch = order[b : b + self.config.batch_size]
-            width = int(lengths[batch[0]])
+            width = padded_width(int(lengths[batch[0]]), self.config.width_multiple,
+                                 windows.input_ids.shape[1])
             input_ids = torch.from_numpy(windows.input_ids[batch, :width])
             # A batch without padding needs no mask, which lets SDPA pick its fastest kernel.
             mask = None
@@ -58,12 +66,13 @@ class MemberRunner:
                 mask = torch.from_numpy(
                     (np.arange(width)[None, :] < lengths[batch][:, None]).astype(np.int64)
                 ).to(self.device, non_blocking=True)
-            logits = self.model(input_ids=input_ids.to(self.device, non_blocking=True),
+            logits = self.forward(input_ids=input_ids.to(self.device, non_blocking=True),
                                 attention_mask=mask).logits
             pending.append((batch, width, torch.softmax(logits.float(), dim=-1)[..., 1]))
         out = np.zeros(windows.input_ids.shape, dtype=np.float32)
         for batch, width, probs in pending:
             out[batch, :width] = probs.cpu().numpy()
+        out[np.arange(out.shape[1])[None, :] >= lengths[:, None]] = 0.0  # padding: nothing
         return out
 
     def char_probs(self, texts: Sequence[str]) -> list[np.ndarray]:

@@ -148,3 +148,39 @@ def test_xlmr_tokenizer_windows_on_long_multilingual_text(tmp_path):
     assert [o["SYMPTOM"].shape for o in out] == [(len(text),), (0,), (3,), (2,)]
     assert all(np.isfinite(o["SYMPTOM"]).all() for o in out)
     assert out[2]["SYMPTOM"].tolist() == [0.0, 0.0, 0.0]
+
+
+def runner_probs(folder, config: InferenceConfig, texts: list[str]) -> np.ndarray:
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from stage1_ensemble.infer import MemberRunner
+
+    runner = MemberRunner(AutoModelForTokenClassification.from_pretrained(folder),
+                          AutoTokenizer.from_pretrained(folder), config)
+    return runner.window_probs(runner.windows(texts))
+
+
+LONG_AND_SHORT = [" ".join(SENTENCES * 9), SENTENCES[0], SENTENCES[1][:12], "fiebre", ""]
+
+
+def test_rounded_batch_widths_give_the_same_probabilities(tmp_path):
+    from stage1_ensemble.infer import padded_width
+    from tests.tiny_models import tiny_bert_encoder
+
+    assert [padded_width(n, 16, 60) for n in (1, 16, 17, 50)] == [16, 16, 32, 60]
+    folder = tiny_bert_encoder(tmp_path / "m")
+    base = dict(device="cpu", max_length=64, stride=8, batch_size=3)
+    plain = runner_probs(folder, InferenceConfig(**base), LONG_AND_SHORT)
+    rounded = runner_probs(folder, InferenceConfig(**base, width_multiple=16), LONG_AND_SHORT)
+    assert np.allclose(plain, rounded, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_encoder_gives_the_same_probabilities(tmp_path):
+    from tests.tiny_models import tiny_bert_encoder
+
+    folder = tiny_bert_encoder(tmp_path / "m")
+    base = dict(device="cpu", max_length=64, stride=8, batch_size=3, width_multiple=16)
+    eager = runner_probs(folder, InferenceConfig(**base), LONG_AND_SHORT)
+    compiled = runner_probs(folder, InferenceConfig(**base, compile=True), LONG_AND_SHORT)
+    assert np.allclose(eager, compiled, atol=1e-5)
