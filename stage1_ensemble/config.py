@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class Strict(BaseModel):
@@ -44,5 +44,9 @@ def load_config(path: Path, model: type[Strict] = TrainConfig) -> Strict:
     """A config from a JSON file; a misspelt key fails here, naming the file."""
     try:
         return model.model_validate_json(Path(path).read_text(encoding="utf-8"))
-    except Exception as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    except ValidationError as exc:  # one line: "key: what is wrong", each problem
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}"
+                             for e in exc.errors())
+        raise ValueError(f"{path}: not a valid {model.__name__}: {problems}") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None

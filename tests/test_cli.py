@@ -42,3 +42,27 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
                    "--output", str(tmp_path / "out"))
     assert out.returncode == 2 and "no ensemble manifest" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_bad_config_files_are_one_line_naming_file_and_key(tmp_path, tiny_ensemble):
+    bad = tmp_path / "inference.json"
+    bad.write_text('{"batch_size": "many", "bach_size": 4}')
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text("fiebre")
+    out = pipeline("run", "--ensemble", str(tiny_ensemble), "--input", str(tmp_path / "c"),
+                   "--output", str(tmp_path / "out"), "--inference-config", str(bad))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert f"{bad}: not a valid InferenceConfig" in line
+    assert "batch_size: Input should be a valid integer" in line and "bach_size: Extra" in line
+    train_cfg = tmp_path / "train.json"
+    train_cfg.write_text('{"learning_rate": 1e-5, "max_step": 10}')
+    out = pipeline("train", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "e"),
+                   "--encoder", "x", "--config", str(train_cfg))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{train_cfg}: not a valid TrainConfig: max_step: Extra inputs" in out.stderr
+    good = tmp_path / "good.json"
+    good.write_text('{"batch_size": 2, "device": "cpu"}')
+    out = pipeline("run", "--ensemble", str(tiny_ensemble), "--input", str(tmp_path / "c"),
+                   "--output", str(tmp_path / "out"), "--inference-config", str(good))
+    assert out.returncode == 0, out.stderr

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from pipeline.errors import PipelineError
 
@@ -19,11 +22,18 @@ def default_backend() -> str:
         return "hf"
 
 
-def load_ensemble(path: Path):
+InferenceConfigOption = Annotated[Path | None, typer.Option(
+    help="InferenceConfig JSON for the ensemble (batch_size, device, bf16, compile, "
+         "width_multiple, max_length, stride; unknown keys fail).")]
+
+
+def load_ensemble(path: Path, inference_config: Path | None = None):
+    from stage1_ensemble.config import InferenceConfig, load_config
     from stage1_ensemble.ensemble import Ensemble
 
     try:
-        return Ensemble.load(path)
+        config = load_config(inference_config, InferenceConfig) if inference_config else None
+        return Ensemble.load(path, config)
     except (FileNotFoundError, ValueError) as exc:
         raise PipelineError(str(exc)) from None
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
+from pipeline.cli.common import InferenceConfigOption
 
 
 @app.command("run")
@@ -33,6 +34,7 @@ def run_command(
     cache_dir: Annotated[Path | None, typer.Option(help="Character-probability and LLM-score "
                                                         "cache (default: ENSEMBLE/cache).")] = None,
     texts: Annotated[Path | None, typer.Option(help="Text folder of a TSV input.")] = None,
+    inference_config: InferenceConfigOption = None,
 ) -> None:
     """Propose spans with the ensemble, judge them with the LLM, write what is kept.
     Killed at any moment, the same command continues where it stopped."""
@@ -44,7 +46,7 @@ def run_command(
     from pipeline.run import run_pipeline
     from pipeline.thresholds import Thresholds
 
-    ens = load_ensemble(ensemble)
+    ens = load_ensemble(ensemble, inference_config)
     cache = cache_dir or ensemble / "cache"
     th = Thresholds.load(thresholds) if thresholds else Thresholds.uniform(stage1_threshold,
                                                                            stage2_threshold)

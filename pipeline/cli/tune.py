@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
+from pipeline.cli.common import InferenceConfigOption
 
 Subset = Annotated[str, typer.Option(help="i/n: use only this share of the gold documents "
                                           "(e.g. tune on 0/2, ablate on 1/2).")]
@@ -38,6 +39,7 @@ def tune_command(
     t1_grid: Annotated[str | None, typer.Option(
         help="Stage-1 thresholds to try, comma-separated (default 0.30 to 0.95 by 0.05).")] = None,
     cache_dir: Annotated[Path | None, typer.Option()] = None,
+    inference_config: InferenceConfigOption = None,
 ) -> None:
     """Sweep both thresholds jointly per class; write thresholds.json with the figures."""
     from pipeline.cli.common import char_cache, load_ensemble, load_llm
@@ -46,7 +48,7 @@ def tune_command(
 
     if objective not in ("char_f1", "strict_f1"):
         raise PipelineError(f"--objective must be char_f1 or strict_f1, not {objective!r}")
-    ens = load_ensemble(ensemble)
+    ens = load_ensemble(ensemble, inference_config)
     cache = cache_dir or ensemble / "cache"
     scorer = load_llm(llm, llm_backend, llm_url, cache)
     docs = gold_documents(gold, subset, ens.classes)
@@ -83,6 +85,7 @@ def ablate_command(
     llm_url: Annotated[list[str] | None, typer.Option()] = None,
     subset: Subset = "0/1",
     cache_dir: Annotated[Path | None, typer.Option()] = None,
+    inference_config: InferenceConfigOption = None,
 ) -> None:
     """Ensemble alone (paper's 0.8, tuned) vs re-ranked, per language × class, with counts."""
     from pipeline.ablate import ablate, markdown, pr_curves
@@ -90,7 +93,7 @@ def ablate_command(
     from pipeline.thresholds import Thresholds
 
     tuned = Thresholds.load(thresholds)  # before the (slow) model loads: fail fast
-    ens = load_ensemble(ensemble)
+    ens = load_ensemble(ensemble, inference_config)
     cache = cache_dir or ensemble / "cache"
     scorer = load_llm(llm, llm_backend, llm_url, cache)
     docs = gold_documents(gold, subset, ens.classes)
