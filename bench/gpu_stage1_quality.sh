@@ -19,6 +19,6 @@ python3 -m pipeline train --corpus "$ASSETS/data/spaccc_train" --out /tmp/ens \
     | tee "$OUTDIR/train.log" | grep -E "validation|wrote|member"
 echo "training took $(( $(date +%s) - start )) s"
 python3 bench/stage1_quality.py --ensemble /tmp/ens --train "$ASSETS/data/spaccc_train" \
-    --dev "$ASSETS/data/cardioccc_dev" --threshold 0.5 --thresholds 0.2,0.3,0.4 \
+    --dev "$ASSETS/data/cardioccc_dev" --threshold 0.5 --thresholds 0.3,0.4,0.6,0.7 \
     2>/dev/null | tee "$OUTDIR/quality.md"
 echo "all took $(( $(date +%s) - start )) s"
