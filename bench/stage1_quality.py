@@ -17,8 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -27,7 +25,7 @@ from pipeline.metrics import evaluate  # noqa: E402
 from pipeline.predict import propose  # noqa: E402
 from pipeline.readers import open_corpus  # noqa: E402
 from pipeline.thresholds import ClassThresholds, Thresholds  # noqa: E402
-from stage1_ensemble import decode_batch, weighted_mean  # noqa: E402
+from stage1_ensemble import decode_batch  # noqa: E402
 from stage1_ensemble.ensemble import CharProbCache, Ensemble  # noqa: E402
 from stage1_ensemble.gazetteer import Gazetteer  # noqa: E402
 
@@ -68,16 +66,13 @@ def main() -> None:
     texts = [d.text for d in dev]
     # each member runs once; the ensemble is their weighted mean, as Ensemble.char_probs does
     member_probs = {m.name: ens.runner(m).char_probs(texts) for m in ens.manifest.members}
-    probs = [{cls: weighted_mean([member_probs[m.name][i] for m in members_of(ens, cls)],
-                                 [m.weight for m in members_of(ens, cls)])
-              for cls in classes} for i in range(len(dev))]
     # stored in the ensemble's cache as `pipeline run` stores them (float16), so that a later
     # `pipeline run` + `pipeline evaluate` reproduces these figures without running models
     cache = CharProbCache(args.ensemble / "cache" / "charprobs", ens.identity)
-    for text, by_class in zip(texts, probs):
-        for cls, p in by_class.items():
-            cache.put(cls, text, p)
-            by_class[cls] = p.astype(np.float16).astype(np.float32)
+    probs: list[dict] = [{} for _ in dev]
+    for cls in classes:
+        for i, p in enumerate(ens.combine(cls, member_probs)):
+            probs[i][cls] = cache.put(cls, texts[i], p)
     print(f"## {len(dev)} documents of {args.dev.name}\n")
     rows = table("gazetteer", gold, gaz_pred, classes)
     n_members = len(ens.manifest.members) // len(classes)
@@ -85,7 +80,7 @@ def main() -> None:
         pred = [s for spans in propose(dev, probs, Thresholds.uniform(t)) for s in spans]
         rows += table(f"ensemble ({n_members} members) @{t}", gold, pred, classes)
     # thresholds chosen without the dev set: each member's best on its held-out training fold
-    held_out = {cls: [m.validation.get("best_threshold") for m in members_of(ens, cls)]
+    held_out = {cls: [m.validation.get("best_threshold") for m in ens.members_of(cls)]
                 for cls in classes}
     if all(t is not None for ts in held_out.values() for t in ts):
         picked = {cls: round(sum(ts) / len(ts), 3) for cls, ts in held_out.items()}
@@ -105,10 +100,6 @@ def main() -> None:
     print(f"\n## single members, same {len(dev)} documents (the ensemble @{args.threshold} "
           "is above)\n")
     print("\n".join(head + rows))
-
-
-def members_of(ens: Ensemble, cls: str):
-    return [m for m in ens.manifest.members if m.entity_class == cls]
 
 
 if __name__ == "__main__":

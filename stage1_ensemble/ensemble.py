@@ -114,14 +114,25 @@ class Ensemble:
         classes = list(classes) if classes is not None else self.classes
         out: list[dict[str, np.ndarray]] = [{} for _ in texts]
         for cls in classes:
-            members = [m for m in self.manifest.members if m.entity_class == cls]
-            if not members:
-                raise ValueError(f"the ensemble has no member for class {cls!r}")
-            per_member = [self.runner(m).char_probs(texts) for m in members]
-            weights = [m.weight for m in members]
-            for i in range(len(texts)):
-                out[i][cls] = weighted_mean([p[i] for p in per_member], weights)
+            per_member = {m.name: self.runner(m).char_probs(texts) for m in self.members_of(cls)}
+            for i, probs in enumerate(self.combine(cls, per_member)):
+                out[i][cls] = probs
         return out
+
+    def members_of(self, cls: str) -> list[Member]:
+        members = [m for m in self.manifest.members if m.entity_class == cls]
+        if not members:
+            raise ValueError(f"the ensemble has no member for class {cls!r}")
+        return members
+
+    def combine(self, cls: str, per_member: dict[str, list[np.ndarray]]) -> list[np.ndarray]:
+        """The class's ensemble probabilities per text: the weighted mean of its members'
+        (``per_member``: member name -> one array per text)."""
+        members = self.members_of(cls)
+        weights = [m.weight for m in members]
+        n_texts = len(per_member[members[0].name])
+        return [weighted_mean([per_member[m.name][i] for m in members], weights)
+                for i in range(n_texts)]
 
 
 class CharProbCache:
@@ -143,12 +154,15 @@ class CharProbCache:
             return None
         return arr.astype(np.float32) if arr.shape == (len(text),) else None
 
-    def put(self, cls: str, text: str, probs: np.ndarray) -> None:
+    def put(self, cls: str, text: str, probs: np.ndarray) -> np.ndarray:
+        """Store ``probs``; returns what a later ``get`` will give (float16 precision)."""
         path = self._path(cls, text)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, np.asarray(probs, dtype=np.float16))
+        stored = np.asarray(probs, dtype=np.float16)
+        np.save(tmp, stored)
         os.replace(tmp, path)
+        return stored.astype(np.float32)
 
 
 def cached_char_probs(ensemble: Ensemble, texts: Sequence[str], classes: Sequence[str],
@@ -168,8 +182,7 @@ def cached_char_probs(ensemble: Ensemble, texts: Sequence[str], classes: Sequenc
         if missing:
             fresh = ensemble.char_probs([texts[i] for i in missing], [cls])
             for i, probs in zip(missing, fresh):
-                cache.put(cls, texts[i], probs[cls])
-                out[i][cls] = probs[cls].astype(np.float16).astype(np.float32)
+                out[i][cls] = cache.put(cls, texts[i], probs[cls])
     return out
 
 
