@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from transformers import (
+    AutoConfig,
     AutoModelForTokenClassification,
     AutoTokenizer,
     DataCollatorForTokenClassification,
@@ -51,13 +52,34 @@ def window_dataset(docs: Dataset, tokenizer, config: TrainConfig) -> Dataset:
     return docs.map(make_windows, batched=True, remove_columns=docs.column_names)
 
 
-def load_encoder(encoder: str | Path):
+# The config keys of the two dropout settings, by architecture family (BERT, RoBERTa,
+# XLM-R, ELECTRA, DeBERTa use the first pair).
+_DROPOUT_KEYS = (("attention_probs_dropout_prob", "hidden_dropout_prob"),
+                 ("attention_dropout", "hidden_dropout"))
+
+
+def dropout_overrides(model_config, config: TrainConfig) -> dict[str, float]:
+    """The encoder config keys that set ``config``'s dropout (empty when it keeps the
+    checkpoint's own); an architecture without those keys is refused, not ignored."""
+    wanted = (config.attention_dropout, config.hidden_dropout)
+    if wanted == (None, None):
+        return {}
+    for keys in _DROPOUT_KEYS:
+        if all(hasattr(model_config, k) for k in keys):
+            return {k: v for k, v in zip(keys, wanted) if v is not None}
+    raise ValueError(f"{model_config.model_type} encoders have no dropout settings this "
+                     "project knows; leave attention_dropout and hidden_dropout unset")
+
+
+def load_encoder(encoder: str | Path, config: TrainConfig | None = None):
     """A fresh binary token classifier and its fast tokenizer from an encoder checkpoint."""
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
+    overrides = dropout_overrides(AutoConfig.from_pretrained(str(encoder)),
+                                  config or TrainConfig())
     # fp32 master weights whatever the checkpoint's dtype; bf16 comes from autocast on GPU
     model = AutoModelForTokenClassification.from_pretrained(
         str(encoder), dtype=torch.float32, num_labels=2, id2label={0: "O", 1: "ENTITY"},
-        label2id={"O": 0, "ENTITY": 1})
+        label2id={"O": 0, "ENTITY": 1}, **overrides)
     return model, tokenizer
 
 
@@ -67,7 +89,7 @@ def train_member(texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]
     """Fine-tune one member and save model and tokenizer under ``out_dir/model``."""
     config = config or TrainConfig()
     if model is None or tokenizer is None:
-        model, tokenizer = load_encoder(encoder)
+        model, tokenizer = load_encoder(encoder, config)
     windows = window_dataset(documents_dataset(texts, spans), tokenizer, config)
     if len(windows) == 0:
         raise ValueError("no training windows: the training documents are empty")

@@ -95,6 +95,26 @@ def test_resumed_training_scores_the_threshold_grid_of_older_members(tmp_path):
     assert all("best_threshold" in m["validation"] for m in manifest["members"])
 
 
+def test_dropout_settings_reach_the_encoder_and_unknown_architectures_are_refused(tmp_path):
+    from transformers import GPT2Config
+
+    from stage1_ensemble.train import dropout_overrides, load_encoder
+    from tests.tiny_models import tiny_bert_encoder
+
+    encoder = tiny_bert_encoder(tmp_path / "encoder")
+    kept, _ = load_encoder(encoder, TrainConfig())
+    assert kept.config.attention_probs_dropout_prob == 0.1  # the checkpoint's own
+    model, _ = load_encoder(encoder, TrainConfig(attention_dropout=0.0, hidden_dropout=0.05))
+    assert model.config.attention_probs_dropout_prob == 0.0
+    assert model.config.hidden_dropout_prob == 0.05
+    assert model.bert.encoder.layer[0].output.dropout.p == 0.05
+    assert dropout_overrides(GPT2Config(), TrainConfig()) == {}
+    with pytest.raises(ValueError, match="gpt2 encoders have no dropout settings"):
+        dropout_overrides(GPT2Config(), TrainConfig(attention_dropout=0.0))
+    with pytest.raises(ValueError, match="attention_dropout"):
+        TrainConfig(attention_dropout=1.5)
+
+
 def test_training_on_other_data_into_the_same_folder_is_refused(overfit_ensemble):
     docs = two_docs()[:1]
     with pytest.raises(ValueError, match="trained on other data"):
