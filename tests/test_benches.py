@@ -29,3 +29,9 @@ def test_gpu_benchmark_runs_small_on_the_cpu(shared_data):
     assert "device cpu, 2 members" in out
     assert re.search(r"3 documents, \d+ characters, \d+ windows", out)
     assert re.search(r"[\d,]+ ensemble tokens/s", out)
+
+
+def test_training_step_benchmark_runs_small():
+    out = bench("bench/bench_train_step.py", "--tiny", "--steps", "2", "--batch-size", "2")
+    assert re.search(r"batch 2 x 64 tokens", out)
+    assert re.search(r"speed-up \d+\.\d\dx", out)
