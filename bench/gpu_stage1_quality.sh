@@ -5,13 +5,16 @@
 set -euo pipefail
 ASSETS=${ASSETS:-.gpu_assets2}
 STEPS=${STEPS:-1000}
+# the recipe of the best CPU run (bench/RESULTS.md): lr 1e-4, no dropout inside attention
+LR=${LR:-1e-4}
+ATTN_DROPOUT=${ATTN_DROPOUT:-0.0}
 OUTDIR=${OUT:-runs/gpu_quality}
 mkdir -p "$OUTDIR"
 [ -n "${SKIP_WHEELS:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$ASSETS"/whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cat > /tmp/cfg.json <<JSON
-{"learning_rate": 5e-5, "warmup_steps": 100, "max_steps": $STEPS, "batch_size": 8,
- "max_length": 256, "stride": 32, "logging_steps": 250}
+{"learning_rate": $LR, "warmup_steps": 100, "max_steps": $STEPS, "batch_size": 8,
+ "max_length": 256, "stride": 32, "logging_steps": 250, "attention_dropout": $ATTN_DROPOUT}
 JSON
 start=$(date +%s)
 python3 -m pipeline train --corpus "$ASSETS/data/spaccc_train" --out /tmp/ens \
