@@ -25,7 +25,8 @@ class TrainConfig(Strict):
     seed: int = 42
     bf16: bool | None = None  # None: bf16 where CUDA is available
     # Dropout in the encoder; None keeps the checkpoint's own. On the CPU, dropout inside
-    # attention rules out the fused SDPA kernel: a MiniLM step takes 1.75x as long with it.
+    # attention rules out the fused SDPA kernel: a MiniLM step takes 1.7x as long with it
+    # (bench/bench_train_step.py).
     attention_dropout: float | None = Field(None, ge=0, lt=1)
     hidden_dropout: float | None = Field(None, ge=0, lt=1)
     logging_steps: int = 50
