@@ -2,9 +2,9 @@
 dropout vs with none, side by side in one run; prints the ratio.
 
 On a CPU, dropout inside attention keeps SDPA off its fused kernel (it falls back to the
-math path: explicit softmax, a dropout mask, two batched matmuls). The steps are the
-Trainer's: the member is loaded by ``load_encoder`` from the TrainConfig, bf16 autocast
-where asked.
+math path: explicit softmax, a dropout mask, two batched matmuls). The model is the one
+`pipeline train` hands the Trainer (``load_encoder`` with the TrainConfig); the step is a
+plain loop doing what the Trainer's does (AdamW, bf16 autocast where asked).
 
   python bench/bench_train_step.py [--encoder DIR] [--batch-size 8] [--length 256]
                                    [--steps 6] [--bf16] [--tiny]
