@@ -24,9 +24,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stage1_ensemble import decode_batch, project_batch, weighted_mean  # noqa: E402
+from stage1_ensemble import decode_batch  # noqa: E402
 from stage1_ensemble.config import InferenceConfig  # noqa: E402
 from stage1_ensemble.infer import MemberRunner  # noqa: E402
+from stage1_ensemble.project import Projection  # noqa: E402
 from stage1_ensemble.windows import tokenize_windows  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak (SXM)
@@ -103,9 +104,8 @@ def main() -> None:
           f"parameters, dtype {next(runners[0].model.parameters()).dtype}")
 
     def host_side(chunk: list[str], windows, per_member: list[np.ndarray]):
-        chars = [project_batch(chunk, windows.doc_index, windows.offsets, probs)
-                 for probs in per_member]
-        mean = [weighted_mean([c[i] for c in chars]) for i in range(len(chunk))]
+        # the members share the tokenizer: one projection, averaged per segment
+        mean = Projection(chunk, windows.doc_index, windows.offsets).mean(per_member)
         return sum(len(s) for s in decode_batch(chunk, mean, args.threshold))
 
     def run(docs: list[str]) -> tuple[float, np.ndarray, int]:

@@ -18,15 +18,21 @@ from stage1_ensemble.ensemble import CharProbCache, Ensemble, cached_char_probs
 
 def char_probabilities(docs: Sequence[Document], ensemble: Ensemble,
                        cache: CharProbCache | None = None) -> list[dict[str, np.ndarray]]:
-    """{class: character probabilities} per document, for the classes it is predicted for."""
+    """{class: character probabilities} per document, for the classes it is predicted for.
+
+    Documents predicted for the same classes (usually all of them) go to the ensemble
+    together, so that its models tokenize them once for all classes."""
     out: list[dict[str, np.ndarray]] = [{} for _ in docs]
-    for cls in ensemble.classes:
-        idx = [i for i, d in enumerate(docs) if cls in d.classes(tuple(ensemble.classes))]
-        if not idx:
-            continue
-        probs = cached_char_probs(ensemble, [docs[i].text for i in idx], [cls], cache)
+    known = tuple(ensemble.classes)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, d in enumerate(docs):
+        classes = tuple(c for c in known if c in d.classes(known))
+        if classes:
+            groups.setdefault(classes, []).append(i)
+    for classes, idx in groups.items():
+        probs = cached_char_probs(ensemble, [docs[i].text for i in idx], classes, cache)
         for i, p in zip(idx, probs):
-            out[i][cls] = p[cls]
+            out[i].update(p)
     return out
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from stage1_ensemble.config import InferenceConfig
-from stage1_ensemble.project import weighted_mean
+from stage1_ensemble.project import Projection
 
 MANIFEST = "ensemble.json"
 
@@ -110,13 +110,33 @@ class Ensemble:
 
     def char_probs(self, texts: Sequence[str], classes: Sequence[str] | None = None,
                    ) -> list[dict[str, np.ndarray]]:
-        """For each text, {class: float32 character probabilities}."""
+        """For each text, {class: float32 character probabilities}.
+
+        Members that share a tokenizer (all of them, usually) share the work on the host:
+        the texts are tokenized once, where tokens land on characters is worked out once,
+        and members are averaged per segment before characters are written, once a class.
+        """
         classes = list(classes) if classes is not None else self.classes
-        out: list[dict[str, np.ndarray]] = [{} for _ in texts]
+        members = {cls: self.members_of(cls) for cls in classes}
+        total_weight = {cls: sum(m.weight for m in members[cls]) for cls in classes}
+        groups: dict[str, list[Member]] = {}
         for cls in classes:
-            per_member = {m.name: self.runner(m).char_probs(texts) for m in self.members_of(cls)}
-            for i, probs in enumerate(self.combine(cls, per_member)):
-                out[i][cls] = probs
+            for m in members[cls]:
+                groups.setdefault(self.runner(m).tokenizer_key, []).append(m)
+        out: list[dict[str, np.ndarray]] = [{} for _ in texts]
+        for group in groups.values():
+            windows = self.runner(group[0]).windows(texts)
+            projection = Projection(texts, windows.doc_index, windows.offsets)
+            for cls in classes:
+                mine = [m for m in group if m.entity_class == cls]
+                if not mine:
+                    continue
+                total = projection.weighted_sum(
+                    [self.runner(m).window_probs(windows) for m in mine],
+                    [m.weight for m in mine])
+                chars = projection.chars([t / total_weight[cls] for t in total])
+                for i, c in enumerate(chars):
+                    out[i][cls] = c if cls not in out[i] else out[i][cls] + c
         return out
 
     def members_of(self, cls: str) -> list[Member]:
@@ -124,15 +144,6 @@ class Ensemble:
         if not members:
             raise ValueError(f"the ensemble has no member for class {cls!r}")
         return members
-
-    def combine(self, cls: str, per_member: dict[str, list[np.ndarray]]) -> list[np.ndarray]:
-        """The class's ensemble probabilities per text: the weighted mean of its members'
-        (``per_member``: member name -> one array per text)."""
-        members = self.members_of(cls)
-        weights = [m.weight for m in members]
-        n_texts = len(per_member[members[0].name])
-        return [weighted_mean([per_member[m.name][i] for m in members], weights)
-                for i in range(n_texts)]
 
 
 class CharProbCache:
@@ -171,17 +182,21 @@ def cached_char_probs(ensemble: Ensemble, texts: Sequence[str], classes: Sequenc
     if cache is None:
         return ensemble.char_probs(texts, classes)
     out: list[dict[str, np.ndarray]] = [{} for _ in texts]
-    for cls in classes:
-        missing = []
-        for i, text in enumerate(texts):
+    # texts lacking the same classes are run together (usually all of them, all classes):
+    # the models then tokenize them once for all classes
+    lacking: dict[tuple[str, ...], list[int]] = {}
+    for i, text in enumerate(texts):
+        for cls in classes:
             hit = cache.get(cls, text)
-            if hit is None:
-                missing.append(i)
-            else:
+            if hit is not None:
                 out[i][cls] = hit
+        missing = tuple(cls for cls in classes if cls not in out[i])
         if missing:
-            fresh = ensemble.char_probs([texts[i] for i in missing], [cls])
-            for i, probs in zip(missing, fresh):
+            lacking.setdefault(missing, []).append(i)
+    for missing, rows in lacking.items():
+        fresh = ensemble.char_probs([texts[i] for i in rows], list(missing))
+        for i, probs in zip(rows, fresh):
+            for cls in missing:
                 out[i][cls] = cache.put(cls, texts[i], probs[cls])
     return out
 

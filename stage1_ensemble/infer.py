@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -38,6 +40,16 @@ class MemberRunner:
         self.forward = torch.compile(self.model, dynamic=True) if self.config.compile \
             else self.model
         self.tokenizer = tokenizer
+
+    @cached_property
+    def tokenizer_key(self) -> str:
+        """Equal for runners whose tokenizers give the same windows (the fast tokenizer's
+        whole definition: normaliser, pre-tokeniser, vocabulary, special tokens)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:  # not a fast tokenizer: shares nothing (``windows`` refuses it)
+            return f"runner-{id(self)}"
+        definition = type(self.tokenizer).__name__ + backend.to_str()
+        return hashlib.sha256(definition.encode()).hexdigest()
 
     def windows(self, texts: Sequence[str]) -> Windows:
         return tokenize_windows(self.tokenizer, texts, max_length=self.config.max_length,

@@ -35,3 +35,10 @@ def test_training_step_benchmark_runs_small():
     out = bench("bench/bench_train_step.py", "--tiny", "--steps", "2", "--batch-size", "2")
     assert re.search(r"batch 2 x 64 tokens", out)
     assert re.search(r"speed-up \d+\.\d\dx", out)
+
+
+def test_ensemble_host_benchmark_checks_identical_spans(shared_data):
+    out = bench("bench/bench_ensemble_host.py", str(shared_data / "cardioccc_dev"), "3",
+                "--members", "2", "--repeats", "1")
+    assert "3 documents" in out and "2 members" in out
+    assert len(re.findall(r"speed-up \d+\.\dx   \(\d+ spans, identical\)", out)) == 2

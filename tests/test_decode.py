@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from stage1_ensemble import decode_spans
-from stage1_ensemble.project import project, weighted_mean
+from stage1_ensemble.project import Projection, project, weighted_mean
 from tests.reference_decode import python_decode, python_project
 
 
@@ -164,6 +164,20 @@ def test_batch_projection_and_decoding_equal_one_text_at_a_time(chunk_chars, mon
     padded = project_batch(texts, [windows[w][0] for w in order.tolist()], offsets, probs)
     for a, b in zip(padded, single):
         assert a == pytest.approx(b, abs=1e-6)
+    # members sharing these windows, averaged per segment, as averaged per character
+    doc_index = [windows[w][0] for w in order.tolist()]
+    projection = Projection(texts, doc_index, offsets)
+    members = [probs, rng.random(probs.shape).astype(np.float32) * (offsets[..., 1] > 0)]
+    each = [projection(p) for p in members]
+    mean = projection.mean(members, [1.0, 3.0])
+    for i in range(len(texts)):
+        assert mean[i] == pytest.approx(weighted_mean([e[i] for e in each], [1.0, 3.0]),
+                                        abs=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        projection(probs[:, :-1])
+    with pytest.raises(ValueError, match="windows"):
+        Projection(texts, doc_index, [o for _, o, _ in windows])(
+            [p[:-1] for _, _, p in windows])
     for t in (0.3, 0.5, 0.7):
         assert decode_batch(texts, single, t) == [decode_spans(x, p, t)
                                                   for x, p in zip(texts, single)]

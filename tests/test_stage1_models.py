@@ -204,3 +204,39 @@ def test_compiled_encoder_gives_the_same_probabilities(tmp_path):
     eager = runner_probs(folder, InferenceConfig(**base), LONG_AND_SHORT)
     compiled = runner_probs(folder, InferenceConfig(**base, compile=True), LONG_AND_SHORT)
     assert np.allclose(eager, compiled, atol=1e-5)
+
+
+def test_members_sharing_a_tokenizer_share_windows_and_projection(tmp_path, monkeypatch):
+    """Two tokenizers among four members: texts are tokenized twice, not four times, and the
+    per-segment weighted mean equals the weighted mean of each member's own projection."""
+    from stage1_ensemble import infer, weighted_mean
+    from stage1_ensemble.ensemble import MANIFEST, Manifest, Member
+    from tests.tiny_models import tiny_bert_encoder, wordpiece_tokenizer
+
+    wordpiece = wordpiece_tokenizer(SENTENCES)
+    folders = {f"bert{i}": tiny_bert_encoder(tmp_path / f"bert{i}", seed=i, tokenizer=wordpiece)
+               for i in range(3)}
+    folders["xlmr"] = tiny_xlmr(tmp_path / "xlmr")
+    plan = [("bert0", "DISEASE", 1.0), ("bert1", "DISEASE", 2.0), ("xlmr", "DISEASE", 0.5),
+            ("bert2", "SYMPTOM", 1.0)]
+    members = [Member(name=f"{cls}-{f}", entity_class=cls, fold=0, n_folds=1, encoder=f,
+                      path=f, tokenizer=f, weight=w) for f, cls, w in plan]
+    manifest = Manifest(classes=["DISEASE", "SYMPTOM"], members=members, data_hash="x")
+    (tmp_path / MANIFEST).write_text(manifest.model_dump_json())
+    assert all(folders[f] == tmp_path / f for f, _, _ in plan)
+
+    ens = Ensemble.load(tmp_path, InferenceConfig(device="cpu", max_length=16, stride=4))
+    calls = []
+    real = infer.tokenize_windows
+    monkeypatch.setattr(infer, "tokenize_windows",
+                        lambda tok, texts, **kw: calls.append(1) or real(tok, texts, **kw))
+    out = ens.char_probs(LONG_AND_SHORT)
+    assert len(calls) == 2
+    for cls in ("DISEASE", "SYMPTOM"):
+        mine = ens.members_of(cls)
+        alone = [ens.runner(m).char_probs(LONG_AND_SHORT) for m in mine]
+        for i in range(len(LONG_AND_SHORT)):
+            expected = weighted_mean([a[i] for a in alone], [m.weight for m in mine])
+            assert out[i][cls].dtype == np.float32
+            assert np.allclose(out[i][cls], expected, atol=1e-6)
+    assert len(calls) == 2 + 4  # the per-member reference tokenized once a member

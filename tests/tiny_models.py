@@ -33,12 +33,15 @@ def wordpiece_tokenizer(corpus: list[str]):
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
-def tiny_bert_encoder(folder: Path, corpus: list[str] = SENTENCES, seed: int = 0) -> Path:
-    """Save a random 2-layer BERT with its tokenizer under ``folder``; return the folder."""
+def tiny_bert_encoder(folder: Path, corpus: list[str] = SENTENCES, seed: int = 0,
+                      tokenizer=None) -> Path:
+    """Save a random 2-layer BERT with its tokenizer under ``folder``; return the folder.
+    The tokenizer is trained on ``corpus`` unless given (training it twice can give two
+    different vocabularies)."""
     import torch
     from transformers import BertConfig, BertForTokenClassification
 
-    tokenizer = wordpiece_tokenizer(corpus)
+    tokenizer = tokenizer or wordpiece_tokenizer(corpus)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=128,
