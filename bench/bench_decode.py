@@ -32,6 +32,21 @@ def best_of(fn, repeats: int):
     return min(times), result
 
 
+def gold_noise_probs(docs, win, rng: np.random.Generator, label: str = "DISEASE",
+                     ) -> np.ndarray:
+    """Token probabilities as a member might give them, (W, L) like the windows: about 0.8
+    on tokens that overlap a gold ``label`` span, 0.15 elsewhere, plus noise; 0 on padding."""
+    probs = np.zeros(win.input_ids.shape, dtype=np.float32)
+    for i, d in enumerate(win.doc_index.tolist()):
+        doc, off = docs[d], win.row(i)[1]
+        cum = gold_cumsum(len(doc.text), [(s.start, s.end) for s in doc.spans
+                                          if s.label == label])
+        gold = (cum[np.minimum(off[:, 1], len(doc.text))] - cum[off[:, 0]]) > 0
+        p = np.clip(np.where(gold, 0.8, 0.15) + rng.normal(0, 0.15, len(off)), 0, 1)
+        probs[i, : len(off)] = p
+    return probs
+
+
 def main() -> None:
     corpus = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared/data/cardioccc_dev"
     n_docs = int(sys.argv[2]) if len(sys.argv) > 2 else 60
@@ -44,17 +59,10 @@ def main() -> None:
     texts = [d.text for d in docs]
     # the windows as inference has them: padded arrays over all documents at once
     win = tokenize_windows(tokenizer, texts, max_length=512, stride=32)
-    rng = np.random.default_rng(0)
-    probs = np.zeros(win.input_ids.shape, dtype=np.float32)
+    probs = gold_noise_probs(docs, win, np.random.default_rng(0))
     cases = [(text, []) for text in texts]
     for i, d in enumerate(win.doc_index.tolist()):
-        doc, off = docs[d], win.row(i)[1]
-        cum = gold_cumsum(len(doc.text), [(s.start, s.end) for s in doc.spans
-                                          if s.label == "DISEASE"])
-        gold = (cum[np.minimum(off[:, 1], len(doc.text))] - cum[off[:, 0]]) > 0
-        p = np.clip(np.where(gold, 0.8, 0.15) + rng.normal(0, 0.15, len(off)), 0, 1)
-        probs[i, : len(off)] = p
-        cases[d][1].append((off, probs[i, : len(off)]))
+        cases[d][1].append((win.row(i)[1], probs[i, : win.lengths[i]]))
     chars = sum(len(t) for t in texts)
 
     def arrays():

@@ -1,7 +1,8 @@
 """Host work of an ensemble whose members share a tokenizer: once per member vs shared.
 
 Everything an ensemble does on the host for one class, given its members' token
-probabilities (random here: the work does not depend on them): tokenize the texts, project
+probabilities (gold + noise, different noise for each member, as in bench_decode.py; the
+work hardly depends on them): tokenize the texts, project
 token probabilities to characters, average the members, decode the spans.
 
   per member: each member tokenizes the texts and projects its own probabilities; the
@@ -25,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_decode import gold_noise_probs  # noqa: E402
 from pipeline.readers import open_corpus  # noqa: E402
 from stage1_ensemble import decode_batch, project_batch, weighted_mean  # noqa: E402
 from stage1_ensemble.project import Projection  # noqa: E402
@@ -44,12 +46,14 @@ def main() -> None:
     from tests.tiny_models import xlmr_tokenizer_file
 
     tokenizer = XLMRobertaTokenizerFast(tokenizer_file=str(xlmr_tokenizer_file()))
-    texts = [d.text for d in open_corpus(args.corpus)][: args.docs]
-    shape = tokenize_windows(tokenizer, texts).input_ids.shape
+    docs = list(open_corpus(args.corpus))[: args.docs]
+    texts = [d.text for d in docs]
     rng = np.random.default_rng(0)
-    member_probs = [rng.random(shape).astype(np.float32) for _ in range(args.members)]
+    windows = tokenize_windows(tokenizer, texts)
+    shape = windows.input_ids.shape
+    member_probs = [gold_noise_probs(docs, windows, rng) for _ in range(args.members)]
     tokenize = lambda: tokenize_windows(tokenizer, texts)  # noqa: E731
-    ready = tokenize()
+    ready = windows
 
     def per_member(windows=None):
         chars = []

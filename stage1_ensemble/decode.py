@@ -117,10 +117,7 @@ def _decode_joined(texts: Sequence[str], char_probs: Sequence[np.ndarray], thres
     starts, ends, scores = decode_arrays(joined, np.concatenate(parts[:-1]), threshold)
     bases = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
     doc = np.searchsorted(bases, starts, side="right") - 1
-    cut = np.searchsorted(doc, np.arange(len(texts) + 1))
-    out = []
-    for i, base in enumerate(bases.tolist()):
-        lo, hi = cut[i], cut[i + 1]
-        out.append(list(zip((starts[lo:hi] - base).tolist(), (ends[lo:hi] - base).tolist(),
-                            scores[lo:hi].tolist())))
-    return out
+    cut = np.searchsorted(doc, np.arange(len(texts) + 1)).tolist()
+    shift = bases[doc]
+    found = list(zip((starts - shift).tolist(), (ends - shift).tolist(), scores.tolist()))
+    return [found[lo:hi] for lo, hi in zip(cut, cut[1:])]
