@@ -42,3 +42,11 @@ def test_ensemble_host_benchmark_checks_identical_spans(shared_data):
                 "--members", "2", "--repeats", "1")
     assert "3 documents" in out and "2 members" in out
     assert len(re.findall(r"speed-up \d+\.\dx   \(\d+ spans, identical\)", out)) == 2
+
+
+def test_cpu_inference_benchmark_runs_small(shared_data):
+    out = bench("bench/bench_cpu_inference.py", "--tiny", "--docs", "2", "--repeats", "1",
+                "--corpus", str(shared_data / "cardioccc_dev"))
+    assert re.search(r"2 documents, \d+ windows, \d+ tokens", out)
+    assert re.search(r"speed-up \d+\.\d\dx", out)
+    assert re.search(r"spans @0\.5: fp32 \d+, bf16 \d+, \d+ identical", out)
