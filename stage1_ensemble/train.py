@@ -72,14 +72,20 @@ def dropout_overrides(model_config, config: TrainConfig) -> dict[str, float]:
 
 
 def load_encoder(encoder: str | Path, config: TrainConfig | None = None):
-    """A fresh binary token classifier and its fast tokenizer from an encoder checkpoint."""
+    """A fresh binary token classifier and its fast tokenizer from an encoder checkpoint.
+
+    The new classification head is drawn from ``config.seed`` (the caller's random state is
+    left as it was), so that a member depends on its data, encoder and config only, not on
+    what the process did before: the Trainer seeds itself only after the model exists."""
+    config = config or TrainConfig()
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
-    overrides = dropout_overrides(AutoConfig.from_pretrained(str(encoder)),
-                                  config or TrainConfig())
-    # fp32 master weights whatever the checkpoint's dtype; bf16 comes from autocast on GPU
-    model = AutoModelForTokenClassification.from_pretrained(
-        str(encoder), dtype=torch.float32, num_labels=2, id2label={0: "O", 1: "ENTITY"},
-        label2id={"O": 0, "ENTITY": 1}, **overrides)
+    overrides = dropout_overrides(AutoConfig.from_pretrained(str(encoder)), config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        # fp32 master weights whatever the checkpoint's dtype; bf16 comes from autocast
+        model = AutoModelForTokenClassification.from_pretrained(
+            str(encoder), dtype=torch.float32, num_labels=2, id2label={0: "O", 1: "ENTITY"},
+            label2id={"O": 0, "ENTITY": 1}, **overrides)
     return model, tokenizer
 
 

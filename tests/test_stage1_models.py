@@ -115,6 +115,27 @@ def test_dropout_settings_reach_the_encoder_and_unknown_architectures_are_refuse
         TrainConfig(attention_dropout=1.5)
 
 
+def test_a_fresh_head_depends_on_the_seed_not_on_what_ran_before(tmp_path):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from stage1_ensemble.train import load_encoder
+    from tests.tiny_models import wordpiece_tokenizer
+
+    tokenizer = wordpiece_tokenizer(SENTENCES)  # an encoder without a classification head
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    first, _ = load_encoder(tmp_path, TrainConfig(seed=7))
+    torch.rand(1000)  # the process draws random numbers between two members
+    state = torch.random.get_rng_state()
+    again, _ = load_encoder(tmp_path, TrainConfig(seed=7))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's state is kept
+    other, _ = load_encoder(tmp_path, TrainConfig(seed=8))
+    assert torch.equal(first.classifier.weight, again.classifier.weight)
+    assert not torch.equal(first.classifier.weight, other.classifier.weight)
+
+
 def test_training_on_other_data_into_the_same_folder_is_refused(overfit_ensemble):
     docs = two_docs()[:1]
     with pytest.raises(ValueError, match="trained on other data"):
