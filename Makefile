@@ -42,6 +42,8 @@ demo: env
 bench: env
 	$(BIN)/python bench/bench_metrics.py
 	$(BIN)/python bench/bench_decode.py
+	$(BIN)/python bench/bench_ensemble_host.py
+	$(BIN)/python bench/bench_cpu_inference.py
 	$(BIN)/python bench/bench_stage2.py
 
 lint: env

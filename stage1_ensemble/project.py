@@ -23,9 +23,14 @@ from stage1_ensemble.chars import TextChars, chunks, trim_spaces
 
 
 class _Segments:
-    """Token ranges on the text of ``n`` characters, cut into segments on which every
-    character has the same value. ``walls`` are characters no range covers that count as
-    edges for their neighbours (the separators of joined texts)."""
+    """Ranges (trimmed tokens) on a text of ``n`` characters. A character gets the mean
+    probability of the ranges covering it, or, covered by none, the minimum of its nearest
+    covered neighbours (0 at an edge with no covered neighbour). ``walls`` are characters no
+    range covers that count as edges for their neighbours (the separators of joined texts).
+
+    Range boundaries cut the text into segments on which every character has the same value,
+    so the arithmetic is per segment (a few per token) and the characters are written once.
+    """
 
     def __init__(self, n: int, starts: np.ndarray, ends: np.ndarray,
                  walls: np.ndarray | None = None) -> None:
@@ -62,20 +67,6 @@ class _Segments:
 
     def chars(self, means: np.ndarray) -> np.ndarray:
         return np.take(means.astype(np.float32), self.segment)
-
-
-def char_means(n: int, starts: np.ndarray, ends: np.ndarray, probs: np.ndarray,
-               walls: np.ndarray | None = None) -> np.ndarray:
-    """Per character of a text of ``n``: the mean probability of the ranges covering it, or
-    for a character no range covers, the minimum of its nearest covered neighbours (0 at an
-    edge with no covered neighbour). ``walls`` are characters no range covers that count as
-    edges for their neighbours; their own value is meaningless.
-
-    Range boundaries cut the text into segments on which every character has the same value,
-    so the arithmetic is per segment (a few per token) and the characters are written once.
-    """
-    segments = _Segments(n, starts, ends, walls)
-    return segments.chars(segments.means(probs))
 
 
 class _Piece:
