@@ -139,7 +139,6 @@ class Projection:
     def __init__(self, texts: Sequence[str], doc_index: Sequence[int],
                  offsets: np.ndarray | Sequence[np.ndarray]) -> None:
         doc_index = np.asarray(doc_index, dtype=np.int64)
-        self.n_windows = len(doc_index)
         self.padded = isinstance(offsets, np.ndarray) and offsets.ndim == 3
         self.shape = offsets.shape[:2] if self.padded else \
             [np.asarray(o).reshape(-1, 2).shape[0] for o in offsets]
