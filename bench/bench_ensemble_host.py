@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_decode import gold_noise_probs  # noqa: E402
+from bench.bench_decode import best_of, gold_noise_probs  # noqa: E402
 from pipeline.readers import open_corpus  # noqa: E402
 from stage1_ensemble import decode_batch, project_batch, weighted_mean  # noqa: E402
 from stage1_ensemble.project import Projection  # noqa: E402
@@ -48,38 +47,32 @@ def main() -> None:
     tokenizer = XLMRobertaTokenizerFast(tokenizer_file=str(xlmr_tokenizer_file()))
     docs = list(open_corpus(args.corpus))[: args.docs]
     texts = [d.text for d in docs]
+    def tokenize():
+        return tokenize_windows(tokenizer, texts)
+
+    given = tokenize()
     rng = np.random.default_rng(0)
-    windows = tokenize_windows(tokenizer, texts)
-    shape = windows.input_ids.shape
-    member_probs = [gold_noise_probs(docs, windows, rng) for _ in range(args.members)]
-    tokenize = lambda: tokenize_windows(tokenizer, texts)  # noqa: E731
-    ready = windows
+    member_probs = [gold_noise_probs(docs, given, rng) for _ in range(args.members)]
 
     def per_member(windows=None):
         chars = []
         for probs in member_probs:
-            w = windows or tokenize()
+            w = tokenize() if windows is None else windows
             chars.append(project_batch(texts, w.doc_index, w.offsets, probs))
         mean = [weighted_mean([c[i] for c in chars]) for i in range(len(texts))]
         return decode_batch(texts, mean, 0.5)
 
     def shared(windows=None):
-        w = windows or tokenize()
+        w = tokenize() if windows is None else windows
         return decode_batch(texts, Projection(texts, w.doc_index, w.offsets).mean(member_probs),
                             0.5)
 
-    def best_of(fn):
-        best, result = float("inf"), None
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            result = fn()
-            best = min(best, time.perf_counter() - t0)
-        return best, result
-
-    t_tok, _ = best_of(tokenize)
-    rows = [("tokenizing included", best_of(per_member), best_of(shared)),
-            ("windows given", best_of(lambda: per_member(ready)), best_of(lambda: shared(ready)))]
-    print(f"{len(texts)} documents, {sum(map(len, texts))} characters, {shape[0]} windows, "
+    n = args.repeats
+    t_tok, _ = best_of(tokenize, n)
+    rows = [("tokenizing included", best_of(per_member, n), best_of(shared, n)),
+            ("windows given", best_of(lambda: per_member(given), n),
+             best_of(lambda: shared(given), n))]
+    print(f"{len(texts)} documents, {sum(map(len, texts))} characters, {len(given)} windows, "
           f"{args.members} members; one tokenization {t_tok:.3f} s")
     for name, (t_old, old), (t_new, new) in rows:
         for a, b in zip(old, new):
