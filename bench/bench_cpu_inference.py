@@ -99,8 +99,8 @@ def main() -> None:
     tokens = int(windows.lengths.sum())
     projection = Projection(texts, windows.doc_index, windows.offsets)
     spans = {name: decode_batch(texts, projection(p), 0.5) for name, p in probs.items()}
-    same = sum(len(set(a) & set(b)) for a, b in zip(
-        *[[[(s, e) for s, e, _ in doc] for doc in spans[n]] for n in ("fp32", "bf16")]))
+    same = sum(len({(s, e) for s, e, _ in a} & {(s, e) for s, e, _ in b})
+               for a, b in zip(spans["fp32"], spans["bf16"]))
     diff = np.abs(probs["fp32"] - probs["bf16"])
     flips = int(((probs["fp32"] >= 0.5) != (probs["bf16"] >= 0.5)).sum())
     print(f"{source}: {len(texts)} documents, {len(windows)} windows, {tokens} tokens, "

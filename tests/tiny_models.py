@@ -41,7 +41,7 @@ def tiny_bert_encoder(folder: Path, corpus: list[str] = SENTENCES, seed: int = 0
     import torch
     from transformers import BertConfig, BertForTokenClassification
 
-    tokenizer = tokenizer or wordpiece_tokenizer(corpus)
+    tokenizer = wordpiece_tokenizer(corpus) if tokenizer is None else tokenizer
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=128,
