@@ -120,10 +120,17 @@ def test_killed_runs_resume_to_identical_outputs(tmp_path, tiny_ensemble):
     rng = random.Random(3)
     kills, parts_seen = 0, []
     killed = cmd + ["--output", str(tmp_path / "killed"), "--cache-dir", str(tmp_path / "cache")]
+    parts = tmp_path / "killed" / "parts"
     for _ in range(6):
+        before = len(list(parts.glob("*.jsonl"))) if parts.exists() else 0
         proc = subprocess.Popen(killed, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(5.0, 8.0))
+        # kill at a random moment once the run has written something new, whatever its speed
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and (
+                not parts.exists() or len(list(parts.glob("*.jsonl"))) <= before):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is not None:
             break  # it finished before the kill
         proc.send_signal(signal.SIGKILL)
