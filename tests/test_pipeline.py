@@ -117,26 +117,32 @@ def test_killed_runs_resume_to_identical_outputs(tmp_path, tiny_ensemble):
                                   "--cache-dir", str(tmp_path / "cache_clean")], env=env,
                            capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0, clean.stderr[-2000:]
+    total = len(list((tmp_path / "clean" / "parts").glob("*.jsonl")))
     rng = random.Random(3)
     kills, parts_seen = 0, []
     killed = cmd + ["--output", str(tmp_path / "killed"), "--cache-dir", str(tmp_path / "cache")]
     parts = tmp_path / "killed" / "parts"
-    for _ in range(6):
-        before = len(list(parts.glob("*.jsonl"))) if parts.exists() else 0
+
+    def written() -> int:
+        return len(list(parts.glob("*.jsonl"))) if parts.exists() else 0
+
+    # Kill as soon as the run has written a randomly chosen number of parts, so the kills
+    # land at random places in the work whatever the machine's speed (a wall-clock delay
+    # either never reaches the writing or outlasts a fast run).
+    while kills < 4 and written() < total - 2:
+        done = written()
+        target = done + rng.randint(1, max(1, (total - 2 - done) // 2))  # leave work for more
         proc = subprocess.Popen(killed, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        # kill at a random moment once the run has written something new, whatever its speed
         deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and (
-                not parts.exists() or len(list(parts.glob("*.jsonl"))) <= before):
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))
+        while proc.poll() is None and time.monotonic() < deadline and written() < target:
+            time.sleep(0.002)
         if proc.poll() is not None:
             break  # it finished before the kill
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        parts_seen.append(len(list((tmp_path / "killed" / "parts").glob("*.jsonl"))))
+        parts_seen.append(written())
     final = subprocess.run(killed, env=env,
                            capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
