@@ -61,8 +61,34 @@ def test_bad_config_files_are_one_line_naming_file_and_key(tmp_path, tiny_ensemb
                    "--encoder", "x", "--config", str(train_cfg))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"{train_cfg}: not a valid TrainConfig: max_step: Extra inputs" in out.stderr
+    for text, problem in (('{"default": {"stage1": 2}}', "default.stage1: Input should be less"),
+                          ('{"default":', "file: Invalid JSON")):
+        th = tmp_path / "thresholds.json"
+        th.write_text(text)
+        out = pipeline("run", "--ensemble", str(tiny_ensemble), "--input", str(tmp_path / "c"),
+                       "--output", str(tmp_path / "out"), "--thresholds", str(th))
+        assert out.returncode == 2, out.stderr
+        (line,) = out.stderr.strip().splitlines()
+        assert f"{th}: not a valid thresholds file: {problem}" in line
+    (tmp_path / "ens").mkdir()
+    (tmp_path / "ens" / "ensemble.json").write_text('{"classes": ["DISEASE"]}')
+    out = pipeline("run", "--ensemble", str(tmp_path / "ens"), "--input", str(tmp_path / "c"),
+                   "--output", str(tmp_path / "out"))
+    assert out.returncode == 2 and "not a valid ensemble manifest: members: Field required" \
+        in out.stderr.strip(), out.stderr
     good = tmp_path / "good.json"
     good.write_text('{"batch_size": 2, "device": "cpu"}')
     out = pipeline("run", "--ensemble", str(tiny_ensemble), "--input", str(tmp_path / "c"),
                    "--output", str(tmp_path / "out"), "--inference-config", str(good))
     assert out.returncode == 0, out.stderr
+
+
+def test_bad_option_values_are_usage_errors_without_traceback(tmp_path):
+    out = pipeline("run", "--ensemble", str(tmp_path), "--input", str(tmp_path), "--output",
+                   str(tmp_path / "o"), "--stage1-threshold", "1.5")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "--stage1-threshold" in out.stderr
+    out = pipeline("evaluate", "--gold", str(tmp_path), "--pred", str(tmp_path), "--entity", "FOO")
+    assert out.returncode == 2 and "--entity FOO: not a class" in out.stderr, out.stderr
+    out = pipeline("evaluate", "--no-such-option")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr

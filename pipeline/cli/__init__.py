@@ -45,10 +45,21 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors
+    except Exception as exc:
+        if not _shows_itself(exc):
+            raise
+        exc.show()  # a usage error or a bad option value: click's own message
+        sys.exit(exc.exit_code)
+
+
+def _shows_itself(exc: Exception) -> bool:
+    """Is this one of click's exceptions (usage errors, option values out of range)? Newer
+    typer releases carry their own copy of click, whose classes are not click's."""
+    kinds = [getattr(typer, "TyperException", None)]
+    try:
         import click
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        kinds.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return isinstance(exc, tuple(k for k in kinds if k)) and callable(getattr(exc, "show", None))

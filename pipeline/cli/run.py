@@ -37,6 +37,7 @@ def run_command(
     inference_config: InferenceConfigOption = None,
 ) -> None:
     """Propose spans with the ensemble, judge them with the LLM, write what is kept.
+
     Killed at any moment, the same command continues where it stopped."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

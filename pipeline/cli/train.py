@@ -25,8 +25,9 @@ def train_command(
         help="Regex whose group 1 names a document's group (translations of one case).")] = None,
     lenient: Annotated[bool, typer.Option(help="Skip and count bad annotations.")] = False,
 ) -> None:
-    """Fine-tune one binary token classifier per class × encoder × fold; finished members are
-    kept, so the same command resumes after a crash."""
+    """Fine-tune one binary token classifier per class × encoder × fold.
+
+    Finished members are kept, so the same command resumes after a crash."""
     from pipeline.errors import ReadReport
     from pipeline.readers import open_corpus
     from pipeline.training import DEFAULT_GROUP_PATTERN, train_ensemble
