@@ -26,10 +26,9 @@ class Thresholds(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> Thresholds:
-        try:
-            return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
-        except Exception as exc:
-            raise ValueError(f"{path}: not a thresholds file: {exc}") from None
+        from stage1_ensemble.config import load_config
+
+        return load_config(path, cls, "thresholds file")
 
     @classmethod
     def uniform(cls, stage1: float, stage2: float = 0.5) -> Thresholds:

@@ -88,6 +88,9 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
         if old.data_hash != corpus_hash:
             raise ValueError(f"{manifest_path}: was trained on other data "
                              f"({old.data_hash} vs {corpus_hash}); use another --out")
+    check_encoders([e for e in dict.fromkeys(encoders)
+                    if any(not (out / f"{c.lower()}-{slug(e)}-f{f}" / "member.json").exists()
+                           for c in classes for f in range(n_folds))])
     members: list[Member] = []
     for cls in classes:
         cls_docs = [d for d in docs if d.entity_class in (None, cls)]
@@ -100,6 +103,29 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
                 write_manifest(out, Manifest(classes=list(classes), members=members,
                                              data_hash=corpus_hash))
     return Manifest(classes=list(classes), members=members, data_hash=corpus_hash)
+
+
+def check_encoders(encoders: Sequence[str]) -> None:
+    """Fail before any training if an encoder that still has members to train cannot be
+    loaded (a typo in the last ``--encoder`` would otherwise surface hours in)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from pipeline.errors import PipelineError
+
+    for encoder in encoders:
+        path = Path(encoder).expanduser()
+        if not path.exists() and (path.is_absolute() or str(encoder).startswith(".")):
+            raise PipelineError(f"encoder {encoder}: no such folder")
+        try:
+            AutoConfig.from_pretrained(str(encoder))
+            tokenizer = AutoTokenizer.from_pretrained(str(encoder))
+        except (OSError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PipelineError(f"encoder {encoder}: cannot be loaded ({reason}); give a "
+                                "model folder or a model name in the local HF cache") from exc
+        if not getattr(tokenizer, "is_fast", False):
+            raise PipelineError(f"encoder {encoder}: its tokenizer has no fast version "
+                                "(offsets are needed to map tokens to characters)")
 
 
 def train_one(name: str, cls: str, encoder: str, fold: int, n_folds: int,

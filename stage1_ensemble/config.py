@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -45,13 +46,17 @@ class InferenceConfig(Strict):
     width_multiple: int = Field(1, ge=1)
 
 
-def load_config(path: Path, model: type[Strict] = TrainConfig) -> Strict:
-    """A config from a JSON file; a misspelt key fails here, naming the file."""
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def load_config(path: Path, model: type[Model] = TrainConfig, what: str | None = None) -> Model:
+    """A pydantic model from a JSON file; a misspelt key or broken JSON fails here, in one
+    line naming the file and each problem."""
     try:
         return model.model_validate_json(Path(path).read_text(encoding="utf-8"))
     except ValidationError as exc:  # one line: "key: what is wrong", each problem
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}"
                              for e in exc.errors())
-        raise ValueError(f"{path}: not a valid {model.__name__}: {problems}") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+        raise ValueError(f"{path}: not a valid {what or model.__name__}: {problems}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None

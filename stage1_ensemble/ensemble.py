@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from stage1_ensemble.config import InferenceConfig
+from stage1_ensemble.config import InferenceConfig, load_config
 from stage1_ensemble.project import Projection
 
 MANIFEST = "ensemble.json"
@@ -51,10 +51,7 @@ def read_manifest(folder: Path) -> Manifest:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no ensemble manifest (train one with "
                                 "`pipeline train`)")
-    try:
-        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
-    except Exception as exc:
-        raise ValueError(f"{path}: not a valid ensemble manifest: {exc}") from None
+    return load_config(path, Manifest, "ensemble manifest")
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:

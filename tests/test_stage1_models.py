@@ -95,6 +95,21 @@ def test_resumed_training_scores_the_threshold_grid_of_older_members(tmp_path):
     assert all("best_threshold" in m["validation"] for m in manifest["members"])
 
 
+def test_an_encoder_that_cannot_be_loaded_stops_training_before_it_starts(tmp_path):
+    from pipeline.errors import PipelineError
+    from tests.tiny_models import tiny_bert_encoder
+
+    encoder = str(tiny_bert_encoder(tmp_path / "encoder"))
+    config = TrainConfig(max_steps=1, warmup_steps=0, batch_size=2, max_length=64, stride=8)
+    (tmp_path / "not_a_model").mkdir()
+    for bad, reason in ((str(tmp_path / "missing"), "no such folder"),
+                        (str(tmp_path / "not_a_model"), "cannot be loaded")):
+        with pytest.raises(PipelineError, match=f"encoder {bad}: {reason}"):
+            train_ensemble(two_docs(), out=tmp_path / "ens", encoders=[encoder, bad],
+                           classes=["DISEASE"], config=config)
+        assert not list((tmp_path / "ens").glob("*/member.json"))  # nothing trained first
+
+
 def test_dropout_settings_reach_the_encoder_and_unknown_architectures_are_refused(tmp_path):
     from transformers import GPT2Config
 

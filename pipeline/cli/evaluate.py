@@ -12,6 +12,8 @@ from rich.table import Table
 
 from pipeline.cli import app
 from pipeline.corpus import load_spans
+from pipeline.documents import CLASSES, DEFAULT_LABEL_MAP
+from pipeline.errors import PipelineError
 from pipeline.metrics import evaluate
 
 
@@ -19,11 +21,18 @@ from pipeline.metrics import evaluate
 def evaluate_command(
     gold: Annotated[Path, typer.Option(help="Gold: a task TSV or a corpus folder.")],
     pred: Annotated[Path, typer.Option(help="Predictions: a task TSV or a corpus folder.")],
-    entity: Annotated[str | None, typer.Option(help="Score one label only (case-sensitive).")] = None,
+    entity: Annotated[str | None, typer.Option(
+        help="Score one class only: DISEASE, SYMPTOM or PROCEDURE (or its corpus label, "
+             "e.g. ENFERMEDAD).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     lenient: Annotated[bool, typer.Option(help="Skip and count bad annotations.")] = False,
 ) -> None:
     """Strict and character-overlap P/R/F1 with counts, per class, per language and pooled."""
+    if entity is not None:
+        if entity not in DEFAULT_LABEL_MAP:  # the readers keep these classes only
+            raise PipelineError(f"--entity {entity}: not a class; choose from "
+                                f"{', '.join(CLASSES)} (or a corpus label that maps to one)")
+        entity = DEFAULT_LABEL_MAP[entity]
     gold_spans, lang_of = load_spans(gold, lenient=lenient)
     pred_spans, _ = load_spans(pred, lenient=lenient)
     result = evaluate(gold_spans, pred_spans, entity=entity, lang_of=lang_of)
