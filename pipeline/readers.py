@@ -230,31 +230,55 @@ def read_jsonl(path: Path, *, classes: tuple[str, ...] = CLASSES, lenient: bool 
         for lineno, line in enumerate(_utf8_lines(path, handle), start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-                doc_id, text = str(obj["id"]), obj["text"]
-                if not isinstance(text, str):
-                    raise TypeError("'text' must be a string")
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise CorpusError(path, f"not a document object ({exc})", lineno) from None
+            obj, problem = _document_object(line)
+            if problem is not None:  # an unusable document: stop, or skip it and say so
+                error = CorpusError(path, f"not a document object ({problem})", lineno)
+                report.skip(error, lenient)
+                has_id = isinstance(obj, dict) and "id" in obj
+                report.failed_documents.append(
+                    (str(obj["id"]) if has_id else f"{Path(path).name}:{lineno}", error.reason))
+                continue
+            doc_id, text = str(obj["id"]), obj["text"]
             key = (doc_id, obj.get("entity_class"))
             if key in seen:
-                raise CorpusError(path, f"duplicate document id {doc_id!r} (first on line "
-                                        f"{seen[key]})", lineno)
+                error = CorpusError(path, f"duplicate document id {doc_id!r} (first on line "
+                                          f"{seen[key]})", lineno)
+                report.skip(error, lenient)
+                report.failed_documents.append((doc_id, error.reason))
+                continue
             seen[key] = lineno
             spans = []
             for item in obj.get("spans", []):
-                start, end = int(item["start"]), int(item["end"])
+                try:
+                    start, end, label = int(item["start"]), int(item["end"]), item["label"]
+                except (KeyError, TypeError, ValueError) as exc:
+                    report.skip(CorpusError(path, f"span {item!r} needs integer 'start' and "
+                                                  f"'end' and a 'label' ({exc!r})", lineno),
+                                lenient)
+                    continue
                 error = check_span(Path(path), lineno, text, start, end, item.get("text"))
                 if error is not None:
                     report.skip(error, lenient)
-                elif item["label"] in classes:
-                    spans.append(Span(doc_id, item["label"], start, end,
+                elif label in classes:
+                    spans.append(Span(doc_id, label, start, end,
                                       item.get("stage1_score"), item.get("stage2_score")))
             report.documents += 1
             report.spans += len(spans)
             yield Document(doc_id, text, lang=obj.get("lang"),
                            entity_class=obj.get("entity_class"), spans=spans, source=str(path))
+
+
+def _document_object(line: str) -> tuple[object, str | None]:
+    """A JSONL line's object, and what makes it unusable as a document (None if nothing)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON: {exc}"
+    if not isinstance(obj, dict) or "id" not in obj or "text" not in obj:
+        return obj, "needs 'id' and 'text'"
+    if not isinstance(obj["text"], str):
+        return obj, "'text' must be a string"
+    return obj, None
 
 
 def _utf8_lines(path: Path, handle: Iterable[str]) -> Iterator[str]:

@@ -62,6 +62,23 @@ def in_shard(doc_id: str, shard: tuple[int, int]) -> bool:
     return count == 1 or int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % count == index
 
 
+def parse_shard(shard: str, option: str = "--shard") -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)``, checked."""
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise PipelineError(f"{option} must look like 0/4, not {shard!r}") from None
+    if not 0 <= i < n:
+        raise PipelineError(f"{option} {shard}: the index must be in 0..{n - 1}")
+    return i, n
+
+
+def check_formats(formats: Sequence[str]) -> None:
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise PipelineError(f"unknown output format {fmt!r}; choose from {FORMATS}")
+
+
 def chunked(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
     it = iter(docs)
     while chunk := list(islice(it, size)):
@@ -123,9 +140,7 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
                  unreadable: Sequence[tuple[str, str]] = ()) -> RunSummary:
     """Run both stages over ``docs``, resuming from the parts already in ``out``."""
     out = Path(out)
-    for fmt in formats:
-        if fmt not in FORMATS:
-            raise PipelineError(f"unknown output format {fmt!r}; choose from {FORMATS}")
+    check_formats(formats)
     check_settings(out, settings)
     parts = out / "parts"
     parts.mkdir(exist_ok=True)
@@ -156,13 +171,64 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
             summary.add(r)
         if on_chunk:
             on_chunk(summary, len(chunk))
-    for doc_id, reason in unreadable:
-        summary.failed.append((doc_id, reason))
+    for doc_id, reason in unreadable:  # each shard reports its own
+        if in_shard(doc_id, shard):
+            summary.failed.append((doc_id, reason))
     t = time.perf_counter()
     assemble(out, [out], formats)
     summary.seconds["other"] += time.perf_counter() - t
     atomic_write(out / "summary.json", json.dumps(summary.as_dict(), indent=2))
     return summary
+
+
+# Settings that decide what a run writes; shards merged together must agree on them.
+OUTPUT_SETTINGS = ("ensemble", "llm", "thresholds")
+
+
+def merge_shards(out: Path, folders: Sequence[Path], formats: Sequence[str]) -> dict:
+    """Join the outputs of the finished ``--shard i/n`` runs ``folders`` (all n of them, made
+    with the same ensemble, LLM and thresholds) into ``out``, sorted by document id, with
+    one summary of them all. Returns that summary."""
+    check_formats(formats)
+    runs, summaries = [], []
+    for folder in map(Path, folders):
+        for name in ("run.json", "summary.json"):
+            if not (folder / name).exists():
+                raise PipelineError(
+                    f"{folder}: no {name}: " + ("not the output of `pipeline run`"
+                                                if name == "run.json" else
+                                                "that run has not finished; run its command "
+                                                "again to finish it"))
+        runs.append(json.loads((folder / "run.json").read_text(encoding="utf-8")))
+        summaries.append(json.loads((folder / "summary.json").read_text(encoding="utf-8")))
+    for folder, run in zip(folders[1:], runs[1:]):
+        changed = [k for k in OUTPUT_SETTINGS if run.get(k) != runs[0].get(k)]
+        if changed:
+            raise PipelineError(f"{folder} was run with other {', '.join(changed)} than "
+                                f"{folders[0]}; shards to merge must share them")
+    shards = [parse_shard(run.get("shard", "0/1")) for run in runs]
+    counts = {n for _, n in shards}
+    if len(counts) != 1:
+        raise PipelineError(f"the shard folders split the corpus in different ways: "
+                            f"{', '.join(run.get('shard', '0/1') for run in runs)}")
+    n = counts.pop()
+    seen = [i for i, _ in shards]
+    doubled = sorted({i for i in seen if seen.count(i) > 1})
+    missing = sorted(set(range(n)) - set(seen))
+    if doubled or missing:
+        raise PipelineError(f"shards of /{n}: " + "; ".join(
+            ([f"given twice: {', '.join(map(str, doubled))}"] if doubled else []) +
+            ([f"missing: {', '.join(map(str, missing))}"] if missing else [])))
+    assemble(out, folders, formats, sort=True)
+    total = {key: sum(s[key] for s in summaries)
+             for key in ("written", "empty", "failed", "candidates", "llm_calls", "kept_spans")}
+    total["failures"] = sorted((f for s in summaries for f in s["failures"]),
+                               key=lambda f: f["id"])
+    total["seconds"] = {k: round(sum(s["seconds"].get(k, 0.0) for s in summaries), 3)
+                        for k in summaries[0]["seconds"]}
+    total["shards"] = n
+    atomic_write(out / "summary.json", json.dumps(total, indent=2))
+    return total
 
 
 def iter_records(folders: Sequence[Path]) -> Iterator[dict]:

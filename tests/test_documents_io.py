@@ -112,6 +112,22 @@ def test_jsonl_duplicate_ids_and_bad_lines(tmp_path):
     path.write_text('{"id": "a", "text": "x"}\nnot json\n')
     with pytest.raises(CorpusError, match=r"c\.jsonl:2: not a document object"):
         list(read_jsonl(path))
+    path.write_text('{"id": "a", "text": "fiebre", "spans": [{"start": 0, "end": 6}, '
+                    '{"start": 0, "end": 6, "label": "SYMPTOM"}]}\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl:1: span .* needs integer 'start'"):
+        list(read_jsonl(path))
+    # lenient (as `pipeline run` reads): the usable documents come through, the others are
+    # named with their reason, and nothing stops
+    path.write_text('{"id": "a", "text": "fiebre", "spans": [{"start": 0, "end": "x", '
+                    '"label": "SYMPTOM"}, {"start": 0, "end": 6, "label": "SYMPTOM"}]}\n'
+                    'not json\n{"id": "b", "text": 5}\n{"id": "a", "text": "again"}\n'
+                    '{"text": "no id"}\n{"id": "c", "text": "tos"}\n')
+    report = ReadReport()
+    docs = list(read_jsonl(path, lenient=True, report=report))
+    assert [(d.id, len(d.spans)) for d in docs] == [("a", 1), ("c", 0)]
+    assert [i for i, _ in report.failed_documents] == ["c.jsonl:2", "b", "a", "c.jsonl:5"]
+    assert "duplicate document id 'a'" in report.failed_documents[2][1]
+    assert len(report.skipped) == 5 and "c.jsonl:1: span" in report.skipped[0]
 
 
 def test_tsv_text_column_is_safe_for_pandas():

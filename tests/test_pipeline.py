@@ -44,8 +44,10 @@ def run(tmp, ens_dir, scorer=None, out="out", th=None, **kw):
     report = ReadReport()
     docs = open_corpus(tmp / "corpus", lenient=True, report=report, classes=("DISEASE",))
     th = th or Thresholds.uniform(0.5, 0.5)
+    shard = kw.get("shard", (0, 1))
     settings = {"ensemble": ens.identity, "llm": getattr(scorer, "identity", None),
-                "thresholds": th.model_dump(), **kw.pop("extra_settings", {})}
+                "thresholds": th.model_dump(), "shard": f"{shard[0]}/{shard[1]}",
+                **kw.pop("extra_settings", {})}
     return run_pipeline(docs, out=tmp / out, ensemble=ens, scorer=scorer, thresholds=th,
                         settings=settings, formats=("tsv", "jsonl", "brat"), chunk_size=4,
                         unreadable=report.failed_documents, **kw)
@@ -92,18 +94,40 @@ def test_rerank_keeps_spans_above_the_stage2_threshold(tmp_path, tiny_ensemble, 
 
 
 def test_shards_together_equal_one_run(tmp_path, tiny_ensemble):
-    from pipeline.run import assemble
+    import shutil
 
-    make_corpus(tmp_path / "corpus", broken=False)
-    run(tmp_path, tiny_ensemble, out="full")
+    from pipeline.run import merge_shards
+
+    make_corpus(tmp_path / "corpus")  # with an unreadable document: one shard reports it
+    full_summary = run(tmp_path, tiny_ensemble, out="full").as_dict()
+    assert full_summary["failed"] == 1
+    shards = [tmp_path / f"shard{i}" for i in range(3)]
     for i in range(3):
         run(tmp_path, tiny_ensemble, out=f"shard{i}", shard=(i, 3))
-    assemble(tmp_path / "merged", [tmp_path / f"shard{i}" for i in range(3)], ["tsv"], sort=True)
+    summary = merge_shards(tmp_path / "merged", shards, ["tsv"])
     full = (tmp_path / "full" / "predictions.tsv").read_text().splitlines()
     merged = (tmp_path / "merged" / "predictions.tsv").read_text().splitlines()
     assert merged[0] == full[0] and sorted(merged[1:]) == sorted(full[1:])
     sizes = [len(list((tmp_path / f"shard{i}" / "parts").glob("*"))) for i in range(3)]
     assert all(s >= 1 for s in sizes)
+    assert json.loads((tmp_path / "merged" / "summary.json").read_text()) == summary
+    for key in ("written", "empty", "failed", "failures", "candidates", "kept_spans"):
+        assert summary[key] == full_summary[key], key
+
+    # what cannot be merged is refused, naming the problem
+    run(tmp_path, tiny_ensemble, out="other", shard=(2, 3), th=Thresholds.uniform(0.7))
+    shutil.copytree(shards[1], tmp_path / "unfinished")
+    (tmp_path / "unfinished" / "summary.json").unlink()
+    for folders, problem in (
+            (shards[:2], "shards of /3: missing: 2"),
+            (shards + shards[2:], "given twice: 2"),
+            ([shards[0], tmp_path / "full"], "split the corpus in different ways"),
+            (shards[:2] + [tmp_path / "other"], "other thresholds"),
+            ([shards[0], tmp_path / "unfinished", shards[2]], "that run has not finished"),
+            ([shards[0], tmp_path / "corpus"], "not the output of `pipeline run`")):
+        with pytest.raises(PipelineError, match=problem):
+            merge_shards(tmp_path / "refused", folders, ["tsv"])
+    assert not (tmp_path / "refused").exists()
 
 
 def test_killed_runs_resume_to_identical_outputs(tmp_path, tiny_ensemble):

@@ -61,13 +61,3 @@ def load_llm(llm: str | None, backend: str | None, urls: list[str] | None, cache
                            max_context_tokens=max_context_tokens, **options)
     except FileNotFoundError as exc:
         raise PipelineError(str(exc)) from None
-
-
-def parse_shard(shard: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise PipelineError(f"--shard must look like 0/4, not {shard!r}") from None
-    if not 0 <= i < n:
-        raise PipelineError(f"--shard {shard}: the index must be in 0..{n - 1}")
-    return i, n

@@ -41,10 +41,10 @@ def run_command(
     Killed at any moment, the same command continues where it stopped."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from pipeline.cli.common import char_cache, load_ensemble, load_llm, parse_shard
+    from pipeline.cli.common import char_cache, load_ensemble, load_llm
     from pipeline.errors import ReadReport
     from pipeline.readers import detect_format, open_corpus
-    from pipeline.run import run_pipeline
+    from pipeline.run import parse_shard, run_pipeline
     from pipeline.thresholds import Thresholds
 
     ens = load_ensemble(ensemble, inference_config)
@@ -90,9 +90,12 @@ def merge_command(
     shards: Annotated[list[Path], typer.Argument(help="Output folders of the shard runs.")],
     format: Annotated[str, typer.Option(help="Comma-separated: tsv, jsonl, brat.")] = "tsv,jsonl",
 ) -> None:
-    """Join the outputs of `pipeline run --shard i/n` runs (sorted by document id)."""
-    from pipeline.run import assemble
+    """Join the outputs of `pipeline run --shard i/n` runs (sorted by document id).
 
-    output.mkdir(parents=True, exist_ok=True)
-    assemble(output, shards, [f.strip() for f in format.split(",")], sort=True)
-    typer.echo(f"merged {len(shards)} shard folders into {output}")
+    All n shards must be there and finished, made with the same ensemble, LLM and
+    thresholds; their summaries are added up into one."""
+    from pipeline.run import merge_shards
+
+    s = merge_shards(output, shards, [f.strip() for f in format.split(",") if f.strip()])
+    typer.echo(f"merged {s['shards']} shards into {output}: {s['written']} documents written, "
+               f"{s['empty']} empty, {s['failed']} failed; {s['kept_spans']} spans kept")

@@ -17,11 +17,10 @@ Subset = Annotated[str, typer.Option(help="i/n: use only this share of the gold 
 
 
 def gold_documents(gold: Path, subset: str, classes):
-    from pipeline.cli.common import parse_shard
     from pipeline.readers import open_corpus
-    from pipeline.run import in_shard
+    from pipeline.run import in_shard, parse_shard
 
-    part = parse_shard(subset)
+    part = parse_shard(subset, "--subset")
     return [d for d in open_corpus(gold, classes=tuple(classes)) if in_shard(d.id, part)]
 
 
