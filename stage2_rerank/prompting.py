@@ -8,7 +8,8 @@ candidate of a document window and class, which is what prefix caching needs.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prompts import PromptTemplate, load_template
@@ -50,11 +51,30 @@ def resolve_answer_ids(tokenizer, yes: str = "yes", no: str = "no") -> tuple[int
     return found[0], found[1]
 
 
+class Recent(OrderedDict):
+    """A dict that keeps only the ``size`` most recently used entries: a corpus run meets
+    each document once, so what it remembers per document must not grow with the corpus."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key, make: Callable[[], object]):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        if len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
 class PromptBuilder:
     """Renders candidates into ``PromptIds`` with a tokenizer and a template."""
 
     def __init__(self, tokenizer, template: PromptTemplate | None = None, *,
-                 max_context_tokens: int = 1024, use_chat_template: bool | None = None) -> None:
+                 max_context_tokens: int = 1024, use_chat_template: bool | None = None,
+                 remember: int = 4096) -> None:
         self.tokenizer = tokenizer
         self.template = template or load_template()
         self.max_context_tokens = max_context_tokens
@@ -64,8 +84,10 @@ class PromptBuilder:
             raise ValueError("use_chat_template=True, but the tokenizer has no chat template")
         self.yes_id, self.no_id = resolve_answer_ids(tokenizer, self.template.answer_yes,
                                                      self.template.answer_no)
-        self._prefix_cache: dict[tuple[str, str, int, int], tuple[int, ...]] = {}
-        self._blocks: dict[str, list[tuple[int, int]]] = {}
+        # token ids of recent prefixes (per note, class and context block) and the context
+        # blocks of recent notes: candidates of one note arrive together
+        self._prefix_cache = Recent(remember)
+        self._blocks = Recent(remember)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -91,9 +113,7 @@ class PromptBuilder:
         fits in ``max_context_tokens``, else the fixed block (half-overlapping, so the same
         for many candidates) whose centre is nearest the candidate's."""
         key = hashlib.sha1(text.encode("utf-8")).hexdigest()
-        if key not in self._blocks:
-            self._blocks[key] = self._make_blocks(text)
-        blocks = self._blocks[key]
+        blocks = self._blocks.get_or_make(key, lambda: self._make_blocks(text))
         inside = [b for b in blocks if b[0] <= start and end <= b[1]] or blocks
         centre = (start + end) / 2
         return min(inside, key=lambda b: abs((b[0] + b[1]) / 2 - centre))
@@ -128,9 +148,8 @@ class PromptBuilder:
             cand.check(self.labels, i)
             block, before, after = self._texts(cand)
             key = (hashlib.sha1(cand.text.encode("utf-8")).hexdigest(), cand.label, *block)
-            if key not in self._prefix_cache:
-                self._prefix_cache[key] = self._encode(before)
-            out.append(PromptIds(self._prefix_cache[key], self._encode(after)))
+            prefix = self._prefix_cache.get_or_make(key, lambda: self._encode(before))
+            out.append(PromptIds(prefix, self._encode(after)))
         return out
 
     def render_text(self, candidate: Candidate) -> str:

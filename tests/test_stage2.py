@@ -60,6 +60,16 @@ def test_token_ids_are_prefix_plus_suffix_and_prefix_is_shared():
     assert prompts[0].prefix != prompts[1].prefix  # other class, other definition
 
 
+def test_what_the_builder_remembers_is_bounded_and_changes_no_prompt():
+    tok = byte_bpe_tokenizer()
+    notes = [cand("fiebre", "SYMPTOM", f"Nota {i}. " + TEXT) for i in range(12)]
+    small, large = PromptBuilder(tok, remember=3), PromptBuilder(tok)
+    for _ in range(2):  # the second pass meets notes the small builder has forgotten
+        assert small.build(notes) == large.build(notes)
+    assert len(small._prefix_cache) == 3 and len(small._blocks) == 3
+    assert len(large._prefix_cache) == 12
+
+
 def test_long_documents_get_a_window_and_keep_the_question():
     tok = byte_bpe_tokenizer()
     long_text = ("Antecedentes sin interés. " * 400) + TEXT + (" Control en un mes." * 400)
