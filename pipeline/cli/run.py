@@ -44,19 +44,22 @@ def run_command(
     from pipeline.cli.common import char_cache, load_ensemble, load_llm
     from pipeline.errors import ReadReport
     from pipeline.readers import detect_format, open_corpus
-    from pipeline.run import parse_shard, run_pipeline
+    from pipeline.run import check_formats, in_shard, parse_shard, run_pipeline
     from pipeline.thresholds import Thresholds
 
+    share = parse_shard(shard)  # before the slow loads: fail fast
+    formats = [f.strip() for f in format.split(",") if f.strip()]
+    check_formats(formats)
     ens = load_ensemble(ensemble, inference_config)
     cache = cache_dir or ensemble / "cache"
     th = Thresholds.load(thresholds) if thresholds else Thresholds.uniform(stage1_threshold,
                                                                            stage2_threshold)
     scorer = load_llm(llm, llm_backend, llm_url, cache)
-    formats = [f.strip() for f in format.split(",") if f.strip()]
     report = ReadReport()
     docs = open_corpus(input, texts=texts, lenient=True, report=report,
                        classes=tuple(ens.classes))
-    total = len(list(input.glob("*.txt"))) if detect_format(input) in ("brat", "txt") else None
+    total = sum(in_shard(p.stem, share) for p in input.glob("*.txt")) \
+        if detect_format(input) in ("brat", "txt") else None  # this shard's documents
     settings = {"ensemble": ens.identity, "llm": scorer.identity if scorer else None,
                 "thresholds": th.model_dump(), "formats": sorted(formats), "shard": shard,
                 "chunk_size": chunk_size, "input": str(input.resolve())}
@@ -73,7 +76,7 @@ def run_command(
                                                   f"{summary.candidates / elapsed:.1f} cand/s")
 
         summary = run_pipeline(docs, out=output, ensemble=ens, scorer=scorer, thresholds=th,
-                               settings=settings, formats=formats, shard=parse_shard(shard),
+                               settings=settings, formats=formats, shard=share,
                                chunk_size=chunk_size, char_cache=char_cache(cache, ens),
                                on_chunk=on_chunk, unreadable=report.failed_documents)
     s = summary.as_dict()
