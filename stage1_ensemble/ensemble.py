@@ -82,6 +82,11 @@ class Ensemble:
             if m.entity_class not in manifest.classes:
                 raise ValueError(f"{Path(folder) / MANIFEST}: member {m.name!r} is for "
                                  f"{m.entity_class!r}, not one of {manifest.classes}")
+        lacking = [c for c in manifest.classes
+                   if not any(m.entity_class == c for m in manifest.members)]
+        if lacking:  # found here, not as every document failing later
+            raise ValueError(f"{Path(folder) / MANIFEST}: no member for {', '.join(lacking)} "
+                             "(is its training unfinished? `pipeline train` resumes it)")
         return cls(folder, manifest, config)
 
     @property

@@ -83,12 +83,20 @@ def test_bad_config_files_are_one_line_naming_file_and_key(tmp_path, tiny_ensemb
     assert out.returncode == 0, out.stderr
 
 
-def test_bad_option_values_are_usage_errors_without_traceback(tmp_path):
+def test_bad_option_values_are_usage_errors_without_traceback(tmp_path, tiny_ensemble):
     out = pipeline("run", "--ensemble", str(tmp_path), "--input", str(tmp_path), "--output",
                    str(tmp_path / "o"), "--stage1-threshold", "1.5")
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and "--stage1-threshold" in out.stderr
     out = pipeline("evaluate", "--gold", str(tmp_path), "--pred", str(tmp_path), "--entity", "FOO")
     assert out.returncode == 2 and "--entity FOO: not a class" in out.stderr, out.stderr
+    (tmp_path / "gold").mkdir()
+    (tmp_path / "gold" / "a.txt").write_text("fiebre")
+    for args, message in ((["--t1-grid", "0.3,x"], "--t1-grid must be numbers"),
+                          (["--t1-grid", "0.3,1.5"], "give thresholds between 0 and 1"),
+                          (["--subset", "1/2"], "no gold documents in --subset 1/2")):
+        out = pipeline("tune", "--ensemble", str(tiny_ensemble), "--gold", str(tmp_path / "gold"),
+                       "--out", str(tmp_path / "t.json"), *args)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
     out = pipeline("evaluate", "--no-such-option")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr

@@ -168,6 +168,13 @@ def test_missing_member_is_a_clear_error(overfit_ensemble, tmp_path):
         Ensemble.load(broken)
     with pytest.raises(FileNotFoundError, match="no ensemble manifest"):
         Ensemble.load(tmp_path)
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(overfit_ensemble, unfinished)
+    manifest = json.loads((unfinished / "ensemble.json").read_text())
+    manifest["classes"] += ["SYMPTOM"]  # as a training stopped before SYMPTOM writes it
+    (unfinished / "ensemble.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="no member for SYMPTOM"):
+        Ensemble.load(unfinished)
 
 
 def test_folds_keep_translations_of_one_case_together():

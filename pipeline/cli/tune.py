@@ -11,6 +11,7 @@ import typer
 
 from pipeline.cli import app
 from pipeline.cli.common import InferenceConfigOption
+from pipeline.errors import PipelineError
 
 Subset = Annotated[str, typer.Option(help="i/n: use only this share of the gold documents "
                                           "(e.g. tune on 0/2, ablate on 1/2).")]
@@ -21,7 +22,22 @@ def gold_documents(gold: Path, subset: str, classes):
     from pipeline.run import in_shard, parse_shard
 
     part = parse_shard(subset, "--subset")
-    return [d for d in open_corpus(gold, classes=tuple(classes)) if in_shard(d.id, part)]
+    docs = [d for d in open_corpus(gold, classes=tuple(classes)) if in_shard(d.id, part)]
+    if not docs:
+        raise PipelineError(f"{gold}: no gold documents" +
+                            (f" in --subset {subset}" if subset != "0/1" else ""))
+    return docs
+
+
+def parse_grid(text: str) -> tuple[float, ...]:
+    try:
+        grid = tuple(sorted({float(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise PipelineError(f"--t1-grid must be numbers separated by commas, not {text!r}") \
+            from None
+    if not grid or not all(0.0 <= t <= 1.0 for t in grid):
+        raise PipelineError(f"--t1-grid {text}: give thresholds between 0 and 1")
+    return grid
 
 
 @app.command("tune")
@@ -42,17 +58,16 @@ def tune_command(
 ) -> None:
     """Sweep both thresholds jointly per class; write thresholds.json with the figures."""
     from pipeline.cli.common import char_cache, load_ensemble, load_llm
-    from pipeline.errors import PipelineError
     from pipeline.tune import T1_GRID, collect, heatmaps, thresholds_from, tune_class
 
     if objective not in ("char_f1", "strict_f1"):
         raise PipelineError(f"--objective must be char_f1 or strict_f1, not {objective!r}")
+    grid = parse_grid(t1_grid) if t1_grid else T1_GRID
     ens = load_ensemble(ensemble, inference_config)
+    docs = gold_documents(gold, subset, ens.classes)  # before the (slow) LLM loads
     cache = cache_dir or ensemble / "cache"
     scorer = load_llm(llm, llm_backend, llm_url, cache)
-    docs = gold_documents(gold, subset, ens.classes)
     typer.echo(f"tuning on {len(docs)} documents", err=True)
-    grid = tuple(float(x) for x in t1_grid.split(",")) if t1_grid else T1_GRID
     sets = collect(docs, ens, scorer, t1_grid=grid, char_cache=char_cache(cache, ens),
                    on_step=lambda t: typer.echo(f"  candidates at stage-1 threshold {t}", err=True))
     results = {cls: tune_class(s, objective=objective, with_llm=scorer is not None,
@@ -93,9 +108,9 @@ def ablate_command(
 
     tuned = Thresholds.load(thresholds)  # before the (slow) model loads: fail fast
     ens = load_ensemble(ensemble, inference_config)
+    docs = gold_documents(gold, subset, ens.classes)
     cache = cache_dir or ensemble / "cache"
     scorer = load_llm(llm, llm_backend, llm_url, cache)
-    docs = gold_documents(gold, subset, ens.classes)
     cc = char_cache(cache, ens)
     report = ablate(docs, ens, scorer, tuned, char_cache=cc)
     out.mkdir(parents=True, exist_ok=True)
