@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # The CPU build of vLLM is large (3.5 GB); WITH_VLLM=0 skips it and its tests.
 WITH_VLLM ?= 1
 
-.PHONY: env test test-fast test-slow demo bench lint clean
+.PHONY: env test test-fast test-slow demo bench gpu-assets lint clean
 
 env: $(STAMP)
 
@@ -45,6 +45,23 @@ bench: env
 	$(BIN)/python bench/bench_ensemble_host.py
 	$(BIN)/python bench/bench_cpu_inference.py
 	$(BIN)/python bench/bench_stage2.py
+
+# What bench/gpu_stage1.sh needs on the GPU machine (git-ignored; carry .whl and
+# .gpu_assets): wheels its image lacks, for its Python 3.12, at the versions used here; the
+# dev texts; the XLM-R tokenizer.
+DEVICE_WHEELS := pydantic pydantic_core annotated-types typing-inspection typing_extensions tokenizers
+gpu-assets: env
+	rm -rf .whl .gpu_assets && mkdir -p .whl .gpu_assets/texts
+	for name in $(DEVICE_WHEELS); do \
+	  $(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	    --platform manylinux2014_x86_64 -d .whl "$$name==$$($(BIN)/python -c \
+	    "import importlib.metadata as m; print(m.version('$$name'))")" || exit 1; \
+	done
+	cp ../shared/data/cardioccc_dev/*.txt .gpu_assets/texts/
+	cp "$$($(BIN)/python -c 'from tests.tiny_models import xlmr_tokenizer_file as f; print(f())')" \
+	  .gpu_assets/tokenizer.json
+	du -sh .whl .gpu_assets
 
 lint: env
 	$(BIN)/ruff check .
