@@ -190,6 +190,8 @@ def merge_shards(out: Path, folders: Sequence[Path], formats: Sequence[str]) -> 
     with the same ensemble, LLM and thresholds) into ``out``, sorted by document id, with
     one summary of them all. Returns that summary."""
     check_formats(formats)
+    if not folders:
+        raise PipelineError("no shard folders to merge")
     runs, summaries = [], []
     for folder in map(Path, folders):
         for name in ("run.json", "summary.json"):

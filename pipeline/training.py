@@ -89,20 +89,29 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
             raise ValueError(f"{manifest_path}: was trained on other data "
                              f"({old.data_hash} vs {corpus_hash}); use another --out")
     check_encoders([e for e in dict.fromkeys(encoders)
-                    if any(not (out / f"{c.lower()}-{slug(e)}-f{f}" / "member.json").exists()
+                    if any(not member_file(out, member_name(c, e, f)).exists()
                            for c in classes for f in range(n_folds))])
     members: list[Member] = []
     for cls in classes:
         cls_docs = [d for d in docs if d.entity_class in (None, cls)]
         for encoder in encoders:
             for fold in range(n_folds):
-                name = f"{cls.lower()}-{slug(encoder)}-f{fold}"
+                name = member_name(cls, encoder, fold)
                 member = train_one(name, cls, encoder, fold, n_folds, cls_docs, out, config,
                                    group_pattern, on_member)
                 members.append(member)
                 write_manifest(out, Manifest(classes=list(classes), members=members,
                                              data_hash=corpus_hash))
     return Manifest(classes=list(classes), members=members, data_hash=corpus_hash)
+
+
+def member_name(cls: str, encoder: str, fold: int) -> str:
+    return f"{cls.lower()}-{slug(encoder)}-f{fold}"
+
+
+def member_file(out: Path, name: str) -> Path:
+    """Written last, once the member is trained and scored: a member with one is done."""
+    return out / name / "member.json"
 
 
 def check_encoders(encoders: Sequence[str]) -> None:
@@ -134,7 +143,7 @@ def train_one(name: str, cls: str, encoder: str, fold: int, n_folds: int,
     from stage1_ensemble.train import train_member
 
     member_dir = out / name
-    done = member_dir / "member.json"
+    done = member_file(out, name)
     held_out = [d for d in docs if n_folds > 1 and fold_of(d.id, n_folds, group_pattern) == fold]
     if done.exists():  # finished before a crash or an earlier run: keep it
         member = Member.model_validate_json(done.read_text())
