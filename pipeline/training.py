@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.documents import CLASSES, Document, Span
+from pipeline.errors import PipelineError
 from pipeline.metrics import evaluate
 from stage1_ensemble.config import InferenceConfig, TrainConfig
 from stage1_ensemble.decode import decode_batch
@@ -88,6 +89,11 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
         if old.data_hash != corpus_hash:
             raise ValueError(f"{manifest_path}: was trained on other data "
                              f"({old.data_hash} vs {corpus_hash}); use another --out")
+    empty = [c for c in classes
+             if not any(s.label == c for d in docs if d.entity_class in (None, c) for s in d.spans)]
+    if empty:  # members would learn that nothing is ever a mention
+        raise PipelineError(f"no gold {', '.join(empty)} spans in the training documents; "
+                            "choose the classes the corpus annotates (--classes)")
     check_encoders([e for e in dict.fromkeys(encoders)
                     if any(not member_file(out, member_name(c, e, f)).exists()
                            for c in classes for f in range(n_folds))])
@@ -118,8 +124,6 @@ def check_encoders(encoders: Sequence[str]) -> None:
     """Fail before any training if an encoder that still has members to train cannot be
     loaded (a typo in the last ``--encoder`` would otherwise surface hours in)."""
     from transformers import AutoConfig, AutoTokenizer
-
-    from pipeline.errors import PipelineError
 
     for encoder in encoders:
         path = Path(encoder).expanduser()

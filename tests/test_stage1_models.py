@@ -95,7 +95,7 @@ def test_resumed_training_scores_the_threshold_grid_of_older_members(tmp_path):
     assert all("best_threshold" in m["validation"] for m in manifest["members"])
 
 
-def test_an_encoder_that_cannot_be_loaded_stops_training_before_it_starts(tmp_path):
+def test_unusable_encoders_and_unannotated_classes_stop_training_before_it_starts(tmp_path):
     from pipeline.errors import PipelineError
     from tests.tiny_models import tiny_bert_encoder
 
@@ -108,6 +108,10 @@ def test_an_encoder_that_cannot_be_loaded_stops_training_before_it_starts(tmp_pa
             train_ensemble(two_docs(), out=tmp_path / "ens", encoders=[encoder, bad],
                            classes=["DISEASE"], config=config)
         assert not list((tmp_path / "ens").glob("*/member.json"))  # nothing trained first
+    with pytest.raises(PipelineError, match="no gold SYMPTOM spans in the training documents"):
+        train_ensemble(two_docs(), out=tmp_path / "ens", encoders=[encoder],
+                       classes=["DISEASE", "SYMPTOM"], config=config)
+    assert not list((tmp_path / "ens").glob("*/member.json"))
 
 
 def test_dropout_settings_reach_the_encoder_and_unknown_architectures_are_refused(tmp_path):
