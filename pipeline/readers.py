@@ -11,6 +11,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 from pipeline.documents import CLASSES, DEFAULT_LABEL_MAP, Document, Span
 from pipeline.errors import CorpusError, ReadReport
@@ -113,6 +114,19 @@ def parse_ann(path: Path, text: str, doc_id: str, *, label_map: dict[str, str],
     return spans
 
 
+def file_stem(doc_id: str) -> str:
+    """A document id as a file name (without suffix) in one folder: '%', '/' and '\\' are
+    written as %25, %2F and %5C, a leading '.' as %2E; other ids are their own names."""
+    name = doc_id.replace("%", "%25").replace("/", "%2F").replace("\\", "%5C")
+    return "%2E" + name[1:] if name.startswith(".") else name
+
+
+def stem_id(stem: str) -> str:
+    """The document id of a file name written by ``file_stem`` (any other name: itself,
+    unless it holds %-escapes)."""
+    return unquote(stem) if "%" in stem else stem
+
+
 def read_brat(folder: Path, *, label_map: dict[str, str] | None = None,
               classes: tuple[str, ...] = CLASSES, lang: str | None = None,
               entity_class: str | None = None, lenient: bool = False,
@@ -129,22 +143,22 @@ def read_brat(folder: Path, *, label_map: dict[str, str] | None = None,
         report.skip(CorpusError(orphan, f"has no text file {orphan.stem}.txt in {folder}"),
                     lenient)
     for stem in sorted(stems):
-        txt = folder / f"{stem}.txt"
+        txt, doc_id = folder / f"{stem}.txt", stem_id(stem)
         try:
             text = read_text(txt, report)
         except CorpusError as exc:  # an unreadable document: stop, or skip it and say so
             report.skip(exc, lenient)
-            report.failed_documents.append((stem, exc.reason))
+            report.failed_documents.append((doc_id, exc.reason))
             continue
         ann = ann_folder / f"{stem}.ann"
         spans = []
         if ann.exists():
-            spans = parse_ann(ann, text, stem, label_map=label_map, classes=classes,
+            spans = parse_ann(ann, text, doc_id, label_map=label_map, classes=classes,
                               report=report, lenient=lenient)
         report.documents += 1
         report.spans += len(spans)
-        yield Document(stem, text, lang=lang or lang_from_id(stem), entity_class=entity_class,
-                       spans=spans, source=str(txt))
+        yield Document(doc_id, text, lang=lang or lang_from_id(doc_id),
+                       entity_class=entity_class, spans=spans, source=str(txt))
 
 
 def read_tsv_rows(path: Path, *, label_map: dict[str, str] | None = None,
@@ -198,15 +212,15 @@ def read_tsv_corpus(tsv: Path, texts: Path, *, lenient: bool = False,
     by_doc: dict[str, list[tuple[int, Span, str]]] = {}
     for row in read_tsv_rows(tsv, lenient=lenient, report=report, **options):
         by_doc.setdefault(row[1].doc_id, []).append(row)
-    stems = {p.stem for p in Path(texts).glob("*.txt")}
-    for missing in sorted(set(by_doc) - stems):
+    ids = {stem_id(p.stem): p for p in Path(texts).glob("*.txt")}
+    for missing in sorted(set(by_doc) - set(ids)):
         line = by_doc[missing][0][0]
         report.skip(CorpusError(tsv, f"document {missing!r} has no text file in {texts}", line),
                     lenient)
-    for stem in sorted(stems):
-        text = read_text(Path(texts) / f"{stem}.txt", report)
+    for doc_id in sorted(ids):
+        text = read_text(ids[doc_id], report)
         spans = []
-        for lineno, span, mention in by_doc.get(stem, []):
+        for lineno, span, mention in by_doc.get(doc_id, []):
             shown = clean_tsv_text(text[span.start:span.end]) if mention else None
             error = check_span(Path(tsv), lineno, text, span.start, span.end, None)
             if error is None and shown is not None and shown != mention:
@@ -217,8 +231,8 @@ def read_tsv_corpus(tsv: Path, texts: Path, *, lenient: bool = False,
                 continue
             spans.append(span)
         report.documents += 1
-        yield Document(stem, text, lang=lang_from_id(stem), spans=spans,
-                       source=str(Path(texts) / f"{stem}.txt"))
+        yield Document(doc_id, text, lang=lang_from_id(doc_id), spans=spans,
+                       source=str(ids[doc_id]))
 
 
 def read_jsonl(path: Path, *, classes: tuple[str, ...] = CLASSES, lenient: bool = False,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.documents import Document, Span
-from pipeline.readers import TSV_COLUMNS, fold_breaks
+from pipeline.readers import TSV_COLUMNS, file_stem, fold_breaks
 
 
 def clean_tsv_text(mention: str) -> str:
@@ -97,9 +97,10 @@ def write_brat(docs: Iterable[Document], folder: Path, *, with_text: bool = True
     for doc in docs:
         folder = root / doc.entity_class if doc.entity_class else root
         folder.mkdir(exist_ok=True)
+        name = file_stem(doc.id)  # an id such as "en/case1" stays one file in the folder
         if with_text:
-            atomic_write(folder / f"{doc.id}.txt", doc.text)
-        atomic_write(folder / f"{doc.id}.ann", brat_ann(doc))
+            atomic_write(folder / f"{name}.txt", doc.text)
+        atomic_write(folder / f"{name}.ann", brat_ann(doc))
         count += 1
     return count
 

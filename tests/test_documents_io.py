@@ -181,3 +181,18 @@ def test_jsonl_keeps_scores(tmp_path):
     assert line["spans"][0]["stage2_score"] == 0.25
     (back,) = read_jsonl(tmp_path / "o.jsonl")
     assert back.spans == doc.spans and back.lang == "es"
+
+
+def test_ids_that_are_no_file_names_round_trip_through_brat_inside_its_folder(tmp_path):
+    ids = ["en/case1", "../outside", "50%_dose", "a\\b", ".hidden", "plain_id"]
+    docs = [Document(i, "fiebre alta", spans=[Span(i, "SYMPTOM", 0, 6)]) for i in ids]
+    write_brat(docs, tmp_path / "brat")
+    files = sorted(p.name for p in (tmp_path / "brat").iterdir())
+    assert len(files) == 2 * len(ids) and all(p.is_file() for p in (tmp_path / "brat").iterdir())
+    assert "plain_id.txt" in files and not (tmp_path / "outside.txt").exists()
+    back = {d.id: d for d in read_brat(tmp_path / "brat")}
+    assert sorted(back) == sorted(ids)
+    assert all(back[i].spans == [Span(i, "SYMPTOM", 0, 6)] for i in ids)
+    write_tsv(docs, tmp_path / "o.tsv")  # a TSV corpus finds its texts by the same names
+    assert sorted(d.id for d in read_tsv_corpus(tmp_path / "o.tsv", tmp_path / "brat")) \
+        == sorted(ids)

@@ -43,7 +43,7 @@ def run_command(
 
     from pipeline.cli.common import char_cache, load_ensemble, load_llm
     from pipeline.errors import ReadReport
-    from pipeline.readers import detect_format, open_corpus
+    from pipeline.readers import detect_format, open_corpus, stem_id
     from pipeline.run import check_formats, in_shard, parse_shard, run_pipeline
     from pipeline.thresholds import Thresholds
 
@@ -58,7 +58,7 @@ def run_command(
     report = ReadReport()
     docs = open_corpus(input, texts=texts, lenient=True, report=report,
                        classes=tuple(ens.classes))
-    total = sum(in_shard(p.stem, share) for p in input.glob("*.txt")) \
+    total = sum(in_shard(stem_id(p.stem), share) for p in input.glob("*.txt")) \
         if detect_format(input) in ("brat", "txt") else None  # this shard's documents
     settings = {"ensemble": ens.identity, "llm": scorer.identity if scorer else None,
                 "thresholds": th.model_dump(), "formats": sorted(formats), "shard": shard,
