@@ -11,6 +11,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from prompts import PromptTemplate, load_template
 from stage2_rerank.candidate import Candidate
@@ -113,7 +114,7 @@ class PromptBuilder:
         fits in ``max_context_tokens``, else the fixed block (half-overlapping, so the same
         for many candidates) whose centre is nearest the candidate's."""
         key = hashlib.sha1(text.encode("utf-8")).hexdigest()
-        blocks = self._blocks.get_or_make(key, lambda: self._make_blocks(text))
+        blocks = self._blocks.get_or_make(key, partial(self._make_blocks, text))
         inside = [b for b in blocks if b[0] <= start and end <= b[1]] or blocks
         centre = (start + end) / 2
         return min(inside, key=lambda b: abs((b[0] + b[1]) / 2 - centre))
@@ -148,7 +149,7 @@ class PromptBuilder:
             cand.check(self.labels, i)
             block, before, after = self._texts(cand)
             key = (hashlib.sha1(cand.text.encode("utf-8")).hexdigest(), cand.label, *block)
-            prefix = self._prefix_cache.get_or_make(key, lambda: self._encode(before))
+            prefix = self._prefix_cache.get_or_make(key, partial(self._encode, before))
             out.append(PromptIds(prefix, self._encode(after)))
         return out
 
