@@ -85,19 +85,25 @@ def chunked(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
         yield chunk
 
 
+# Settings that only choose which final files are assembled from the parts: a run with other
+# values reuses the parts (`--format brat` added to a finished run just writes brat).
+ASSEMBLY_SETTINGS = ("formats",)
+
+
 def check_settings(out: Path, settings: dict) -> None:
     """Refuse to mix a run into an output folder made with other settings."""
     path = out / "run.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old != settings:
-            changed = sorted(k for k in settings.keys() | old.keys()
-                             if settings.get(k) != old.get(k))
+        changed = sorted(k for k in settings.keys() | old.keys()
+                         if settings.get(k) != old.get(k) and k not in ASSEMBLY_SETTINGS)
+        if changed:
             raise PipelineError(f"{out} holds a run with other settings ({', '.join(changed)}); "
                                 "use another --output or delete it")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(settings, indent=2, sort_keys=True))
+        if old == settings:
+            return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(settings, indent=2, sort_keys=True))
 
 
 def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresholds,

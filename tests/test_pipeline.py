@@ -48,8 +48,10 @@ def run(tmp, ens_dir, scorer=None, out="out", th=None, **kw):
     settings = {"ensemble": ens.identity, "llm": getattr(scorer, "identity", None),
                 "thresholds": th.model_dump(), "shard": f"{shard[0]}/{shard[1]}",
                 **kw.pop("extra_settings", {})}
+    formats = kw.pop("formats", ("tsv", "jsonl", "brat"))
+    settings["formats"] = sorted(formats)
     return run_pipeline(docs, out=tmp / out, ensemble=ens, scorer=scorer, thresholds=th,
-                        settings=settings, formats=("tsv", "jsonl", "brat"), chunk_size=4,
+                        settings=settings, formats=formats, chunk_size=4,
                         unreadable=report.failed_documents, **kw)
 
 
@@ -71,6 +73,24 @@ def test_output_folder_with_other_settings_is_refused(tmp_path, tiny_ensemble):
     run(tmp_path, tiny_ensemble)
     with pytest.raises(PipelineError, match="holds a run with other settings \\(thresholds\\)"):
         run(tmp_path, tiny_ensemble, th=Thresholds.uniform(0.7))
+
+    # other output formats only: the parts are reused and the new files assembled from them
+    run(tmp_path, tiny_ensemble, out="formats", formats=("tsv",))
+    assert not (tmp_path / "formats" / "brat").exists()
+    parts = {p: p.stat().st_mtime_ns for p in (tmp_path / "formats" / "parts").iterdir()}
+
+    class NoModels:  # any call to the models would fail
+        identity = Ensemble.load(tiny_ensemble).identity
+        classes = ["DISEASE"]
+
+    summary = run_pipeline(open_corpus(tmp_path / "corpus", classes=("DISEASE",)),
+                           out=tmp_path / "formats", ensemble=NoModels(), thresholds=
+                           Thresholds.uniform(0.5, 0.5), formats=("tsv", "brat"), chunk_size=4,
+                           settings={**json.loads((tmp_path / "formats" / "run.json").read_text()),
+                                     "formats": ["brat", "tsv"]})
+    assert summary.written == 2 and len(list((tmp_path / "formats" / "brat").glob("*.ann"))) == 2
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "formats" / "parts").iterdir()} == parts
+    assert json.loads((tmp_path / "formats" / "run.json").read_text())["formats"] == ["brat", "tsv"]
 
 
 def test_rerank_keeps_spans_above_the_stage2_threshold(tmp_path, tiny_ensemble, tiny_llm_dir):
