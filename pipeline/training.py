@@ -13,7 +13,13 @@ from pipeline.errors import PipelineError
 from pipeline.metrics import evaluate
 from stage1_ensemble.config import InferenceConfig, TrainConfig
 from stage1_ensemble.decode import decode_batch
-from stage1_ensemble.ensemble import Manifest, Member, data_hash, write_manifest
+from stage1_ensemble.ensemble import (
+    Manifest,
+    Member,
+    data_hash,
+    model_folder_problem,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +135,9 @@ def check_encoders(encoders: Sequence[str]) -> None:
         path = Path(encoder).expanduser()
         if not path.exists() and (path.is_absolute() or str(encoder).startswith(".")):
             raise PipelineError(f"encoder {encoder}: no such folder")
+        problem = model_folder_problem(path) if path.is_dir() else None
+        if problem:
+            raise PipelineError(f"encoder {encoder}: {problem}")
         try:
             AutoConfig.from_pretrained(str(encoder))
             tokenizer = AutoTokenizer.from_pretrained(str(encoder))

@@ -15,6 +15,22 @@ from stage1_ensemble.config import InferenceConfig, load_config
 from stage1_ensemble.project import Projection
 
 MANIFEST = "ensemble.json"
+# A model folder needs one of each: without weights or a vocabulary, transformers may still
+# load something (a random model, an empty tokenizer that turns every word into [UNK]).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model",
+                    "spiece.model", "tokenizer.model")
+
+
+def model_folder_problem(path: Path) -> str | None:
+    """What a model folder lacks to be a member or an encoder, or None if nothing."""
+    path = Path(path)
+    for kind, names in (("config", ("config.json",)), ("weights", WEIGHT_FILES),
+                        ("tokenizer vocabulary", VOCABULARY_FILES)):
+        if not any((path / name).exists() for name in names):
+            return f"no {kind} in {path} (looked for {', '.join(names)})"
+    return None
 
 
 class Member(BaseModel):
@@ -76,9 +92,12 @@ class Ensemble:
         manifest = read_manifest(folder)
         for m in manifest.members:
             path = Path(folder) / m.path
-            if not (path / "config.json").exists():
+            if not path.is_dir():
                 raise FileNotFoundError(f"{Path(folder) / MANIFEST}: member {m.name!r} has no "
                                         f"model at {path}")
+            problem = model_folder_problem(path)
+            if problem:
+                raise FileNotFoundError(f"{Path(folder) / MANIFEST}: member {m.name!r}: {problem}")
             if m.entity_class not in manifest.classes:
                 raise ValueError(f"{Path(folder) / MANIFEST}: member {m.name!r} is for "
                                  f"{m.entity_class!r}, not one of {manifest.classes}")

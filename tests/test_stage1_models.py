@@ -103,7 +103,7 @@ def test_unusable_encoders_and_unannotated_classes_stop_training_before_it_start
     config = TrainConfig(max_steps=1, warmup_steps=0, batch_size=2, max_length=64, stride=8)
     (tmp_path / "not_a_model").mkdir()
     for bad, reason in ((str(tmp_path / "missing"), "no such folder"),
-                        (str(tmp_path / "not_a_model"), "cannot be loaded")):
+                        (str(tmp_path / "not_a_model"), "no config in")):
         with pytest.raises(PipelineError, match=f"encoder {bad}: {reason}"):
             train_ensemble(two_docs(), out=tmp_path / "ens", encoders=[encoder, bad],
                            classes=["DISEASE"], config=config)
@@ -172,6 +172,15 @@ def test_missing_member_is_a_clear_error(overfit_ensemble, tmp_path):
         Ensemble.load(broken)
     with pytest.raises(FileNotFoundError, match="no ensemble manifest"):
         Ensemble.load(tmp_path)
+    # a member folder without its vocabulary or its weights: transformers would load an
+    # empty tokenizer (every word [UNK]) or fail late; the ensemble refuses it at load
+    for pattern, lacking in (("tokenizer*", "no tokenizer vocabulary"), ("*.safetensors", "no weights")):
+        damaged = tmp_path / f"damaged_{lacking.split()[1]}"
+        shutil.copytree(overfit_ensemble, damaged)
+        for f in (damaged / member).glob(pattern):
+            f.unlink()
+        with pytest.raises(FileNotFoundError, match=f"member .*: {lacking} in"):
+            Ensemble.load(damaged)
     unfinished = tmp_path / "unfinished"
     shutil.copytree(overfit_ensemble, unfinished)
     manifest = json.loads((unfinished / "ensemble.json").read_text())
