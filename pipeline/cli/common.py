@@ -50,7 +50,10 @@ def load_llm(llm: str | None, backend: str | None, urls: list[str] | None, cache
         return None
     from stage2_rerank import load_scorer
 
-    backend = backend or default_backend()
+    backend = backend or ("openai" if urls else default_backend())  # URLs: servers
+    if urls and backend != "openai":
+        raise PipelineError(f"--llm-url names vLLM servers, which the openai backend asks; "
+                            f"not --llm-backend {backend}")
     if backend not in BACKENDS:
         raise PipelineError(f"unknown --llm-backend {backend!r}; choose from {BACKENDS}")
     options: dict = {}

@@ -20,8 +20,8 @@ def run_command(
     llm: Annotated[str | None, typer.Option(help="Re-ranker model folder; none: the ensemble "
                                                  "alone.")] = None,
     llm_backend: Annotated[str | None, typer.Option(
-        help="vllm (in-process), openai (servers by --llm-url) or hf. Default: vllm where "
-             "installed, else hf.")] = None,
+        help="vllm (in-process), openai (servers by --llm-url) or hf. Default: openai "
+             "with --llm-url, else vllm where installed, else hf.")] = None,
     llm_url: Annotated[list[str] | None, typer.Option(help="vLLM server URL; repeat for "
                                                            "replicas.")] = None,
     stage1_threshold: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.6,
