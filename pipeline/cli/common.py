@@ -52,8 +52,8 @@ def load_llm(llm: str | None, backend: str | None, urls: list[str] | None, cache
 
     backend = backend or ("openai" if urls else default_backend())  # URLs: servers
     if urls and backend != "openai":
-        raise PipelineError(f"--llm-url names vLLM servers, which the openai backend asks; "
-                            f"not --llm-backend {backend}")
+        raise PipelineError(f"--llm-url is for the openai backend (vLLM servers); it cannot "
+                            f"go with --llm-backend {backend}")
     if backend not in BACKENDS:
         raise PipelineError(f"unknown --llm-backend {backend!r}; choose from {BACKENDS}")
     options: dict = {}
