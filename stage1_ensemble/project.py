@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stage1_ensemble.chars import TextChars, chunks, trim_spaces
+from stage1_ensemble.chars import TextChars, chunks, running_total, trim_spaces
 
 
 class _Segments:
@@ -40,12 +40,14 @@ class _Segments:
         if walls is not None:
             cut[walls] = cut[walls + 1] = True
         self.k = k = int(np.count_nonzero(cut)) - 1  # segments: from each cut up to the next
-        segment = np.cumsum(cut, dtype=np.int32)  # character c lies in segment[c], 1 to k
+        segment = running_total(cut, np.int32)  # character c lies in segment[c], 1 to k
         self.segment = segment[:n]
-        self.first, self.last = segment[starts], segment[ends]
+        # as intp: bincount would convert them for every member otherwise
+        self.first = segment[starts].astype(np.intp)
+        self.last = segment[ends].astype(np.intp)
         count = np.bincount(self.first, minlength=k + 2)
         count -= np.bincount(self.last, minlength=k + 2)
-        np.cumsum(count, out=count)
+        count = running_total(count, np.int64)
         self.divisor = np.maximum(count, 1).astype(np.float64)
         # Every boundary starts or ends a range (or a wall), so an uncovered segment sits
         # between two covered ones or an edge or a wall (all 0): its nearest covered
@@ -58,8 +60,7 @@ class _Segments:
         k = self.k
         total = np.bincount(self.first, probs, k + 2)
         total -= np.bincount(self.last, probs, k + 2)
-        np.cumsum(total, out=total)
-        means = total / self.divisor
+        means = running_total(total, np.float64) / self.divisor
         means[0] = means[k + 1] = 0.0  # outside the text (the sums there cancel only roughly)
         gaps = self.gaps
         means[gaps] = np.minimum(means[gaps - 1], means[gaps + 1])

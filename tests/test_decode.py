@@ -205,3 +205,17 @@ def test_arrays_agree_with_the_per_character_rules(seed):
         spans = decode_spans(text, np.asarray(expected, dtype=np.float32), threshold)
         assert [(s, e) for s, e, _ in spans] == [(s, e) for s, e, _ in want]
         assert [x for _, _, x in spans] == pytest.approx([x for _, _, x in want], abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float64])
+def test_running_total_is_a_cumulative_sum(dtype):
+    from stage1_ensemble.chars import running_total
+
+    rng = np.random.default_rng(1)
+    for values in (np.zeros(0, dtype=bool), rng.random(1000) < 0.3, rng.integers(-5, 5, 777),
+                   rng.random(5000)):
+        if dtype != np.float64 and values.dtype.kind == "f":
+            continue
+        got = running_total(values, dtype)
+        assert got.dtype == dtype and got.shape == values.shape
+        np.testing.assert_allclose(got, np.cumsum(values, dtype=dtype), rtol=1e-12)
