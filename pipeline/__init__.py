@@ -1,5 +1,7 @@
 """The product: documents, corpus I/O, metrics, and the run / tune / ablate workflows."""
 
 from pipeline.documents import CLASSES, Document, Span
+from pipeline.recognizer import Recognizer
+from pipeline.thresholds import ClassThresholds, Thresholds
 
-__all__ = ["CLASSES", "Document", "Span"]
+__all__ = ["CLASSES", "ClassThresholds", "Document", "Recognizer", "Span", "Thresholds"]

@@ -34,11 +34,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from pipeline.ablate import ablate, markdown
-    from pipeline.cli.common import char_cache, default_backend
     from pipeline.cli.evaluate import print_table
     from pipeline.metrics import evaluate
     from pipeline.offline_models import minilm_encoder, smollm2
     from pipeline.readers import open_corpus
+    from pipeline.recognizer import char_cache, default_backend
     from pipeline.run import in_shard, run_pipeline
     from pipeline.training import train_ensemble
     from pipeline.tune import collect, heatmaps, thresholds_from, tune_class

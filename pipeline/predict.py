@@ -6,6 +6,7 @@ them together for large corpora, ``pipeline.tune`` and ``pipeline.ablate`` reuse
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -81,3 +82,26 @@ def keep(spans: Sequence[Span], thresholds: Thresholds) -> list[Span]:
     """Spans that pass stage 2 (or were routed past it)."""
     return [s for s in spans if s.stage2_score is None and not needs_llm(s, thresholds)
             or s.stage2_score is not None and s.stage2_score >= thresholds.of(s.label).stage2]
+
+
+def two_stages(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresholds,
+               char_cache: CharProbCache | None = None, seconds: dict[str, float] | None = None,
+               ) -> tuple[list[list[Span]], list[list[Span]]]:
+    """Stage-1 candidates and kept spans of each document (none for a text of whitespace
+    only). Without a scorer every candidate is kept. ``seconds`` (if given) adds up the time
+    of each stage under "stage1" and "stage2"."""
+    live = [i for i, d in enumerate(docs) if d.text.strip()]
+    some = [docs[i] for i in live]
+    t0 = time.perf_counter()
+    found = propose(some, char_probabilities(some, ensemble, char_cache), thresholds)
+    t1 = time.perf_counter()
+    kept = found if scorer is None else \
+        [keep(spans, thresholds) for spans in rerank(some, found, scorer, thresholds)]
+    if seconds is not None:
+        seconds["stage1"] += t1 - t0
+        seconds["stage2"] += time.perf_counter() - t1
+    candidates: list[list[Span]] = [[] for _ in docs]
+    out: list[list[Span]] = [[] for _ in docs]
+    for i, c, k in zip(live, found, kept):
+        candidates[i], out[i] = c, k
+    return candidates, out

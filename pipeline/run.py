@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.documents import Document, Span
 from pipeline.errors import PipelineError
-from pipeline.predict import char_probabilities, keep, needs_llm, propose, rerank
+from pipeline.predict import needs_llm, two_stages
 from pipeline.thresholds import Thresholds
 from pipeline.writers import atomic_write, jsonl_record, write_corpus
 
@@ -109,32 +109,19 @@ def check_settings(out: Path, settings: dict) -> None:
 def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresholds,
                   char_cache, summary: RunSummary) -> list[dict]:
     """documents -> character probabilities -> candidates -> scores -> kept spans."""
-    live = [d for d in docs if d.text.strip()]
-    t0 = time.perf_counter()
-    probs = char_probabilities(live, ensemble, char_cache)
-    candidates = propose(live, probs, thresholds)
-    t1 = time.perf_counter()
-    summary.seconds["stage1"] += t1 - t0
-    asked = [0] * len(live)
-    if scorer is not None:
-        scored = rerank(live, candidates, scorer, thresholds)
-        asked = [sum(needs_llm(s, thresholds) for s in spans) for spans in candidates]
-        kept = [keep(spans, thresholds) for spans in scored]
-    else:
-        kept = candidates
-    summary.seconds["stage2"] += time.perf_counter() - t1
-    by_id = {d.id: spans for d, spans in zip(live, kept)}
-    counts = {d.id: (len(c), a) for d, c, a in zip(live, candidates, asked)}
+    candidates, kept = two_stages(docs, ensemble=ensemble, scorer=scorer, thresholds=thresholds,
+                                  char_cache=char_cache, seconds=summary.seconds)
     records = []
-    for d in docs:
-        if d.id not in by_id:
+    for d, found, spans in zip(docs, candidates, kept):
+        if not d.text.strip():
             records.append({"id": d.id, "status": "empty", "text": d.text, "spans": []})
             continue
-        out = Document(d.id, d.text, d.lang, d.entity_class, by_id[d.id])
+        out = Document(d.id, d.text, d.lang, d.entity_class, spans)
         record = json.loads(jsonl_record(out))
         record["status"] = "written"
         # per document, so that a resumed run's totals equal an uninterrupted run's
-        record["candidates"], record["llm_asked"] = counts[d.id]
+        record["candidates"] = len(found)
+        record["llm_asked"] = 0 if scorer is None else sum(needs_llm(s, thresholds) for s in found)
         records.append(record)
     return records
 

@@ -101,6 +101,6 @@ def test_bad_option_values_are_usage_errors_without_traceback(tmp_path, tiny_ens
     out = pipeline("run", "--ensemble", str(tiny_ensemble), "--input", str(tmp_path / "gold"),
                    "--output", str(tmp_path / "o"), "--llm", str(tmp_path), "--llm-backend", "hf",
                    "--llm-url", "http://127.0.0.1:9")
-    assert out.returncode == 2 and "--llm-url is for the openai backend" in out.stderr, out.stderr
+    assert out.returncode == 2 and "(--llm-url) are for the openai backend" in out.stderr, out.stderr
     out = pipeline("evaluate", "--no-such-option")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr

@@ -241,3 +241,56 @@ def test_a_class_is_predicted_only_on_its_own_text(tmp_path, tiny_ensemble):
     assert [sorted(p) for p in probs] == [["DISEASE"], [], ["DISEASE"]]
     spans = propose(docs, probs, Thresholds.uniform(0.5))
     assert spans[1] == [] and [docs[0].text[s.start:s.end] for s in spans[0]] == [GOLD[0]]
+
+
+def test_recognizer_gives_what_pipeline_run_writes(tmp_path, tiny_ensemble):
+    from pipeline import Document, Recognizer
+
+    make_corpus(tmp_path / "corpus", n=6, broken=False)
+    run(tmp_path, tiny_ensemble)
+    written = {r["id"]: [(s["label"], s["start"], s["end"]) for s in r["spans"]] for r in
+               map(json.loads, (tmp_path / "out" / "predictions.jsonl").read_text().splitlines())}
+
+    rec = Recognizer.load(tiny_ensemble, stage1_threshold=0.5, batch_size=4)
+    docs = list(open_corpus(tmp_path / "corpus", classes=("DISEASE",)))
+    found = rec(docs)
+    assert {d.id: [(s.label, s.start, s.end) for s in spans] for d, spans in zip(docs, found)
+            } == {d.id: written.get(d.id, []) for d in docs}
+
+    # plain strings: named by position; one text gives one list; whitespace gives nothing
+    one = rec(SENTENCES[0])
+    assert [(s.doc_id, SENTENCES[0][s.start:s.end]) for s in one] == [("0", GOLD[0])]
+    assert one[0].stage1_score > 0.5 and one[0].stage2_score is None
+    assert rec([SENTENCES[1], " \n", ""]) == [rec(SENTENCES[1]), [], []]
+    # an own-class document of another class is not predicted
+    assert rec(Document("x", SENTENCES[0], entity_class="SYMPTOM")) == []
+    with pytest.raises(TypeError, match="text 1 is a bytes"):
+        rec(["fine", b"not text"])
+
+
+def test_recognizer_thresholds_trade_precision_for_recall_from_cache(tmp_path, tiny_ensemble,
+                                                                       tiny_llm_dir):
+    from pipeline import Recognizer
+
+    rec = Recognizer.load(tiny_ensemble, tiny_llm_dir, backend="hf", cache_dir=tmp_path / "c",
+                          stage1_threshold=0.5, stage2_threshold=0.0)
+    texts = [SENTENCES[0], SENTENCES[1], SENTENCES[0] + " " + SENTENCES[1]]
+    first = rec.recognise(texts)
+    assert all([s.key for s in kept] == [s.key for s in candidates] for candidates, kept in first)
+    scores = sorted(s.stage2_score for _, kept in first for s in kept)
+    assert len(scores) >= 3 and all(0.0 <= p <= 1.0 for p in scores)
+
+    real, calls = rec.ensemble, rec.scorer.calls
+
+    class CachedOnly:  # the same ensemble, but running it fails
+        identity, classes = real.identity, real.classes
+
+        def char_probs(self, *args):
+            raise AssertionError("the ensemble ran again")
+
+    rec.ensemble = CachedOnly()
+    cut = scores[len(scores) // 2]
+    rec.thresholds = Thresholds.uniform(0.5, cut)
+    kept = [s for spans in rec(texts) for s in spans]
+    assert sorted(s.stage2_score for s in kept) == [p for p in scores if p >= cut]
+    assert rec.scorer.calls == calls  # every score came from the cache

@@ -92,4 +92,9 @@ def test_in_process_engine_agrees_with_hf(engine_scorer, hf_scores):
 
 def test_openai_server_agrees_with_hf(server_url, tiny_llm, hf_scores):
     scorer = load_scorer("openai", tiny_llm, urls=[server_url], served_model=str(tiny_llm))
-    assert scorer.score(CANDS) == pytest.approx(hf_scores, abs=1e-3)
+    scores = scorer.score(CANDS)
+    # Once (2026-11-28, in about a dozen runs) one of the four came back 0.08 away from hf
+    # (0.661 vs 0.579); 40 scorings on a fresh server afterwards all agreed. Should it happen
+    # again, the message tells whether the server repeats it.
+    assert scores == pytest.approx(hf_scores, abs=1e-3), \
+        f"server {scores}, again {scorer.score(CANDS)}, hf {hf_scores}"

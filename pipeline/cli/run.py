@@ -41,9 +41,9 @@ def run_command(
     Killed at any moment, the same command continues where it stopped."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from pipeline.cli.common import char_cache, load_ensemble, load_llm
     from pipeline.errors import ReadReport
     from pipeline.readers import detect_format, open_corpus, stem_id
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm
     from pipeline.run import check_formats, in_shard, parse_shard, run_pipeline
     from pipeline.thresholds import Thresholds
 

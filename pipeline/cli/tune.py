@@ -57,7 +57,7 @@ def tune_command(
     inference_config: InferenceConfigOption = None,
 ) -> None:
     """Sweep both thresholds jointly per class; write thresholds.json with the figures."""
-    from pipeline.cli.common import char_cache, load_ensemble, load_llm
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm
     from pipeline.tune import T1_GRID, collect, heatmaps, thresholds_from, tune_class
 
     if objective not in ("char_f1", "strict_f1"):
@@ -103,7 +103,7 @@ def ablate_command(
 ) -> None:
     """Ensemble alone (paper's 0.8, tuned) vs re-ranked, per language × class, with counts."""
     from pipeline.ablate import ablate, markdown, pr_curves
-    from pipeline.cli.common import char_cache, load_ensemble, load_llm
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm
     from pipeline.thresholds import Thresholds
 
     tuned = Thresholds.load(thresholds)  # before the (slow) model loads: fail fast

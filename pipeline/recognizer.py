@@ -1,0 +1,151 @@
+"""Both stages from Python: texts in, spans out.
+
+    from pipeline import Recognizer
+
+    rec = Recognizer.load("runs/demo/ensemble", llm="runs/demo/smollm2",
+                          thresholds="runs/demo/thresholds.json")
+    for span in rec("Paciente con fiebre y disnea de esfuerzo."):
+        print(span.label, span.start, span.end, span.stage1_score, span.stage2_score)
+
+The loaders here also serve the ``pipeline`` command (``run``, ``tune``, ``ablate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import overload
+
+from pipeline.documents import Document, Span
+from pipeline.errors import PipelineError
+from pipeline.thresholds import Thresholds
+
+BACKENDS = ("vllm", "openai", "hf")
+
+
+def default_backend() -> str:
+    """The embedded vLLM engine where vLLM is installed, transformers otherwise."""
+    try:
+        import vllm  # noqa: F401
+
+        return "vllm"
+    except ImportError:
+        return "hf"
+
+
+def load_ensemble(path: Path, inference_config: Path | None = None):
+    """The stage-1 ensemble of folder ``path`` (with an ``InferenceConfig`` JSON, if given)."""
+    from stage1_ensemble.config import InferenceConfig, load_config
+    from stage1_ensemble.ensemble import Ensemble
+
+    try:
+        config = load_config(inference_config, InferenceConfig) if inference_config else None
+        return Ensemble.load(path, config)
+    except (FileNotFoundError, ValueError) as exc:
+        raise PipelineError(str(exc)) from None
+
+
+def char_cache(cache_dir: Path, ensemble):
+    """The on-disk cache of ``ensemble``'s character probabilities under ``cache_dir``."""
+    from stage1_ensemble.ensemble import CharProbCache
+
+    return CharProbCache(Path(cache_dir) / "charprobs", ensemble.identity)
+
+
+def load_llm(llm: str | Path | None, backend: str | None = None, urls: list[str] | None = None,
+             cache_dir: Path | None = None, max_context_tokens: int = 1024, **options):
+    """The stage-2 scorer of model ``llm`` (None: no re-ranking). Server URLs mean the
+    openai backend; without them vLLM where it is installed, else transformers."""
+    if llm is None:
+        return None
+    from stage2_rerank import load_scorer
+
+    backend = backend or ("openai" if urls else default_backend())
+    if urls and backend != "openai":
+        raise PipelineError(f"server URLs (--llm-url) are for the openai backend (vLLM "
+                            f"servers); they cannot go with the {backend} backend")
+    if backend not in BACKENDS:
+        raise PipelineError(f"unknown LLM backend {backend!r}; choose from {BACKENDS}")
+    if backend == "openai":
+        options["urls"] = urls or ["http://127.0.0.1:8000"]
+    try:
+        return load_scorer(backend, llm, cache_dir=cache_dir,
+                           max_context_tokens=max_context_tokens, **options)
+    except FileNotFoundError as exc:
+        raise PipelineError(str(exc)) from None
+
+
+class Recognizer:
+    """The ensemble proposes spans, the LLM (if any) judges them, the thresholds decide.
+
+    ``thresholds`` may be changed between calls to trade precision for recall; with a
+    ``cache_dir`` the models' outputs are kept on disk, so that calling again on the same
+    texts with other thresholds runs no model.
+    """
+
+    def __init__(self, ensemble, scorer=None, thresholds: Thresholds | None = None,
+                 char_cache=None, batch_size: int = 16) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.ensemble = ensemble
+        self.scorer = scorer
+        self.thresholds = thresholds if thresholds is not None else Thresholds()
+        self.char_cache = char_cache
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, ensemble: str | Path, llm: str | Path | None = None, *,
+             thresholds: str | Path | Thresholds | None = None, stage1_threshold: float = 0.6,
+             stage2_threshold: float = 0.5, backend: str | None = None,
+             urls: list[str] | None = None, cache_dir: str | Path | None = None,
+             inference_config: str | Path | None = None, batch_size: int = 16,
+             **llm_options) -> Recognizer:
+        """Load the ensemble folder (from ``pipeline train``) and the LLM ``llm`` (None: the
+        ensemble alone). ``thresholds`` (a ``pipeline tune`` file or a ``Thresholds``)
+        overrides the two uniform thresholds. ``llm_options`` go to the backend (e.g.
+        ``dtype="float32"`` for vLLM)."""
+        if not isinstance(thresholds, Thresholds):
+            thresholds = Thresholds.load(Path(thresholds)) if thresholds is not None else \
+                Thresholds.uniform(stage1_threshold, stage2_threshold)
+        ens = load_ensemble(Path(ensemble), Path(inference_config) if inference_config else None)
+        cache = Path(cache_dir) if cache_dir is not None else None
+        scorer = load_llm(llm, backend, urls, cache, **llm_options)
+        return cls(ens, scorer, thresholds, char_cache(cache, ens) if cache else None,
+                   batch_size)
+
+    @overload
+    def __call__(self, texts: str | Document) -> list[Span]: ...
+
+    @overload
+    def __call__(self, texts: Sequence[str | Document]) -> list[list[Span]]: ...
+
+    def __call__(self, texts):
+        """The kept spans of one text (a list), or of each of several (a list of lists).
+
+        Texts given as strings are documents named by their position ("0", "1", ...); a
+        ``Document`` keeps its id, and its ``entity_class`` (if set) limits it to that class.
+        Spans carry their stage-1 score and, where the LLM judged them, its score."""
+        if isinstance(texts, (str, Document)):
+            return self.recognise([texts])[0][1]
+        return [kept for _, kept in self.recognise(texts)]
+
+    def recognise(self, texts: Sequence[str | Document],
+                  ) -> list[tuple[list[Span], list[Span]]]:
+        """(stage-1 candidates, kept spans) of each text, in the order given."""
+        from pipeline.predict import two_stages
+
+        docs = [t if isinstance(t, Document) else Document(str(i), self._text(t, i))
+                for i, t in enumerate(texts)]
+        out: list[tuple[list[Span], list[Span]]] = []
+        for lo in range(0, len(docs), self.batch_size):
+            batch = docs[lo : lo + self.batch_size]
+            candidates, kept = two_stages(batch, ensemble=self.ensemble, scorer=self.scorer,
+                                          thresholds=self.thresholds, char_cache=self.char_cache)
+            out += zip(candidates, kept)
+        return out
+
+    @staticmethod
+    def _text(text: object, i: int) -> str:
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} is a {type(text).__name__}; give strings or Documents")
+        return text
