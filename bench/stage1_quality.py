@@ -26,7 +26,8 @@ from pipeline.predict import propose  # noqa: E402
 from pipeline.readers import open_corpus  # noqa: E402
 from pipeline.thresholds import ClassThresholds, Thresholds  # noqa: E402
 from stage1_ensemble import decode_batch  # noqa: E402
-from stage1_ensemble.ensemble import CharProbCache, Ensemble  # noqa: E402
+from stage1_ensemble.cache import CharProbCache  # noqa: E402
+from stage1_ensemble.ensemble import Ensemble  # noqa: E402
 from stage1_ensemble.gazetteer import Gazetteer  # noqa: E402
 
 
@@ -68,11 +69,12 @@ def main() -> None:
     member_probs = {m.name: ens.runner(m).char_probs(texts) for m in ens.manifest.members}
     # stored in the ensemble's cache as `pipeline run` stores them (float16), so that a later
     # `pipeline run` + `pipeline evaluate` reproduces these figures without running models
-    cache = CharProbCache(args.ensemble / "cache" / "charprobs", ens.identity)
+    cache = CharProbCache(args.ensemble / "cache", ens.identity)
     probs: list[dict] = [{} for _ in dev]
     for cls in classes:
-        for i, p in enumerate(ens.combine(cls, member_probs)):
-            probs[i][cls] = cache.put(cls, texts[i], p)
+        stored = cache.put_many(cls, list(zip(texts, ens.combine(cls, member_probs))))
+        for i, p in enumerate(stored):
+            probs[i][cls] = p
     print(f"## {len(dev)} documents of {args.dev.name}\n")
     rows = table("gazetteer", gold, gaz_pred, classes)
     n_members = len(ens.manifest.members) // len(classes)

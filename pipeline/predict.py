@@ -13,8 +13,9 @@ import numpy as np
 
 from pipeline.documents import Document, Span
 from pipeline.thresholds import Thresholds
+from stage1_ensemble.cache import CharProbCache
 from stage1_ensemble.decode import decode_batch
-from stage1_ensemble.ensemble import CharProbCache, Ensemble, cached_char_probs
+from stage1_ensemble.ensemble import Ensemble, cached_char_probs
 
 
 def char_probabilities(docs: Sequence[Document], ensemble: Ensemble,

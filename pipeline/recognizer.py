@@ -47,9 +47,9 @@ def load_ensemble(path: Path, inference_config: Path | None = None):
 
 def char_cache(cache_dir: Path, ensemble):
     """The on-disk cache of ``ensemble``'s character probabilities under ``cache_dir``."""
-    from stage1_ensemble.ensemble import CharProbCache
+    from stage1_ensemble.cache import CharProbCache
 
-    return CharProbCache(Path(cache_dir) / "charprobs", ensemble.identity)
+    return CharProbCache(Path(cache_dir), ensemble.identity)
 
 
 def load_llm(llm: str | Path | None, backend: str | None = None, urls: list[str] | None = None,

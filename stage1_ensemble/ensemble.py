@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from stage1_ensemble.cache import CharProbCache
 from stage1_ensemble.config import InferenceConfig, load_config
 from stage1_ensemble.project import Projection
 
@@ -167,58 +168,29 @@ class Ensemble:
         return members
 
 
-class CharProbCache:
-    """Character probabilities on disk, per (ensemble, class, text), stored as float16."""
-
-    def __init__(self, folder: Path, ensemble_id: str) -> None:
-        self.folder = Path(folder) / ensemble_id
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, cls: str, text: str) -> Path:
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        return self.folder / cls / digest[:2] / f"{digest}.npy"
-
-    def get(self, cls: str, text: str) -> np.ndarray | None:
-        path = self._path(cls, text)
-        try:
-            arr = np.load(path)
-        except (FileNotFoundError, ValueError, OSError, EOFError):
-            return None
-        return arr.astype(np.float32) if arr.shape == (len(text),) else None
-
-    def put(self, cls: str, text: str, probs: np.ndarray) -> np.ndarray:
-        """Store ``probs``; returns what a later ``get`` will give (float16 precision)."""
-        path = self._path(cls, text)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        stored = np.asarray(probs, dtype=np.float16)
-        np.save(tmp, stored)
-        os.replace(tmp, path)
-        return stored.astype(np.float32)
-
-
 def cached_char_probs(ensemble: Ensemble, texts: Sequence[str], classes: Sequence[str],
                       cache: CharProbCache | None) -> list[dict[str, np.ndarray]]:
     """Like ``Ensemble.char_probs``, running the models only for what the cache lacks."""
     if cache is None:
         return ensemble.char_probs(texts, classes)
     out: list[dict[str, np.ndarray]] = [{} for _ in texts]
+    for cls in classes:
+        for i, hit in enumerate(cache.get_many(cls, texts)):
+            if hit is not None:
+                out[i][cls] = hit
     # texts lacking the same classes are run together (usually all of them, all classes):
     # the models then tokenize them once for all classes
     lacking: dict[tuple[str, ...], list[int]] = {}
-    for i, text in enumerate(texts):
-        for cls in classes:
-            hit = cache.get(cls, text)
-            if hit is not None:
-                out[i][cls] = hit
-        missing = tuple(cls for cls in classes if cls not in out[i])
+    for i, found in enumerate(out):
+        missing = tuple(cls for cls in classes if cls not in found)
         if missing:
             lacking.setdefault(missing, []).append(i)
     for missing, rows in lacking.items():
         fresh = ensemble.char_probs([texts[i] for i in rows], list(missing))
-        for i, probs in zip(rows, fresh):
-            for cls in missing:
-                out[i][cls] = cache.put(cls, texts[i], probs[cls])
+        for cls in missing:
+            stored = cache.put_many(cls, [(texts[i], p[cls]) for i, p in zip(rows, fresh)])
+            for i, values in zip(rows, stored):
+                out[i][cls] = values
     return out
 
 

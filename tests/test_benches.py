@@ -23,6 +23,12 @@ def test_decode_benchmark_checks_identical_spans(shared_data):
     assert re.search(r"speed-up \d+\.\dx", out)
 
 
+def test_cache_benchmark_checks_identical_arrays(shared_data):
+    out = bench("bench/bench_cache.py", str(shared_data / "cardioccc_dev"), "4")
+    assert re.search(r"4 documents, \d+ characters, 3 classes", out)
+    assert "files 12 -> 1" in out and "(identical arrays)" in out
+
+
 def test_gpu_benchmark_script_runs_small_on_the_cpu(shared_data, tmp_path):
     """bench/gpu_stage1.sh, as the device runs it (eager, then compiled), at a tiny size."""
     import os

@@ -296,3 +296,54 @@ def test_members_sharing_a_tokenizer_share_windows_and_projection(tmp_path, monk
             assert out[i][cls].dtype == np.float32
             assert np.allclose(out[i][cls], expected, atol=1e-6)
     assert len(calls) == 2 + 4  # the per-member reference tokenized once a member
+
+
+def test_char_prob_cache_round_trip_sharing_and_damage(tmp_path):
+    import sqlite3
+
+    from stage1_ensemble.cache import CharProbCache
+
+    rng = np.random.default_rng(0)
+    texts = ["fiebre alta", "", "Pacientă cu febră 😷", "x" * 5000]
+    probs = [rng.random(len(t)).astype(np.float32) for t in texts]
+    cache = CharProbCache(tmp_path, "ens-a")
+    assert cache.get_many("DISEASE", texts) == [None] * 4
+    stored = cache.put_many("DISEASE", list(zip(texts, probs)))
+    for p, s in zip(probs, stored):  # float16 precision, and what a later get gives
+        assert s.dtype == np.float32 and np.allclose(p, s, atol=5e-4)
+    again = CharProbCache(tmp_path, "ens-a").get_many("DISEASE", texts)  # another process
+    assert all(np.array_equal(s, a) for s, a in zip(stored, again))
+    assert CharProbCache(tmp_path, "ens-b").get("DISEASE", texts[0]) is None  # other ensemble
+    assert cache.get("SYMPTOM", texts[0]) is None and len(cache) == 4
+    with pytest.raises(ValueError, match=r"\(3,\) probabilities for a text of 11 characters"):
+        cache.put("DISEASE", texts[0], probs[0][:3])
+    assert len(list(tmp_path.iterdir())) <= 3  # one database (and its WAL files)
+
+    # a damaged row is a miss (the models run again), not an error
+    db = sqlite3.connect(tmp_path / "charprobs.sqlite")
+    db.execute("UPDATE probs SET data = x'00ff'")
+    db.commit()
+    db.close()
+    assert cache.get_many("DISEASE", texts) == [None] * 4
+
+
+def test_cached_char_probs_run_the_models_only_for_what_is_missing(overfit_ensemble, tmp_path):
+    from stage1_ensemble.cache import CharProbCache
+    from stage1_ensemble.ensemble import cached_char_probs
+
+    ens = Ensemble.load(overfit_ensemble)
+    cache = CharProbCache(tmp_path, ens.identity)
+    calls = []
+    real = ens.char_probs
+
+    def counting(texts, classes):
+        calls.append(list(texts))
+        return real(texts, classes)
+
+    ens.char_probs = counting
+    first = cached_char_probs(ens, SENTENCES, ["DISEASE"], cache)
+    both = cached_char_probs(ens, [SENTENCES[1], "otra frase nueva", SENTENCES[0]], ["DISEASE"],
+                             cache)
+    assert calls == [SENTENCES, ["otra frase nueva"]]
+    assert np.array_equal(both[0]["DISEASE"], first[1]["DISEASE"])
+    assert np.array_equal(both[2]["DISEASE"], first[0]["DISEASE"])
