@@ -52,20 +52,33 @@ def char_cache(cache_dir: Path, ensemble):
     return CharProbCache(Path(cache_dir), ensemble.identity)
 
 
-def load_llm(llm: str | Path | None, backend: str | None = None, urls: list[str] | None = None,
-             cache_dir: Path | None = None, max_context_tokens: int = 1024, **options):
-    """The stage-2 scorer of model ``llm`` (None: no re-ranking). Server URLs mean the
-    openai backend; without them vLLM where it is installed, else transformers."""
+def resolve_backend(llm: str | Path | None, backend: str | None = None,
+                urls: list[str] | None = None) -> str | None:
+    """The backend that will serve ``llm`` (None: no LLM), or a PipelineError for options
+    that do not go together. Cheap: commands call it before loading any model."""
     if llm is None:
+        if urls or backend:
+            raise PipelineError("an LLM backend or server URLs were given but no LLM (--llm: "
+                                "the model folder, whose tokenizer builds the prompts)")
         return None
-    from stage2_rerank import load_scorer
-
     backend = backend or ("openai" if urls else default_backend())
     if urls and backend != "openai":
         raise PipelineError(f"server URLs (--llm-url) are for the openai backend (vLLM "
                             f"servers); they cannot go with the {backend} backend")
     if backend not in BACKENDS:
         raise PipelineError(f"unknown LLM backend {backend!r}; choose from {BACKENDS}")
+    return backend
+
+
+def load_llm(llm: str | Path | None, backend: str | None = None, urls: list[str] | None = None,
+             cache_dir: Path | None = None, max_context_tokens: int = 1024, **options):
+    """The stage-2 scorer of model ``llm`` (None: no re-ranking). Server URLs mean the
+    openai backend; without them vLLM where it is installed, else transformers."""
+    backend = resolve_backend(llm, backend, urls)
+    if backend is None:
+        return None
+    from stage2_rerank import load_scorer
+
     if backend == "openai":
         options["urls"] = urls or ["http://127.0.0.1:8000"]
     try:

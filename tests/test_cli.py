@@ -102,5 +102,10 @@ def test_bad_option_values_are_usage_errors_without_traceback(tmp_path, tiny_ens
                    "--output", str(tmp_path / "o"), "--llm", str(tmp_path), "--llm-backend", "hf",
                    "--llm-url", "http://127.0.0.1:9")
     assert out.returncode == 2 and "(--llm-url) are for the openai backend" in out.stderr, out.stderr
+    for command in (["run", "--input", str(tmp_path / "gold"), "--output", str(tmp_path / "o")],
+                    ["tune", "--gold", str(tmp_path / "gold"), "--out", str(tmp_path / "t.json")]):
+        # no LLM to go with the URL: said before anything loads (this ensemble does not exist)
+        out = pipeline(*command, "--ensemble", str(tmp_path / "none"), "--llm-url", "http://h:9")
+        assert out.returncode == 2 and "were given but no LLM (--llm" in out.stderr, out.stderr
     out = pipeline("evaluate", "--no-such-option")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr

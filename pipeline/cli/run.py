@@ -43,13 +43,14 @@ def run_command(
 
     from pipeline.errors import ReadReport
     from pipeline.readers import detect_format, open_corpus, stem_id
-    from pipeline.recognizer import char_cache, load_ensemble, load_llm
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend
     from pipeline.run import check_formats, in_shard, parse_shard, run_pipeline
     from pipeline.thresholds import Thresholds
 
     share = parse_shard(shard)  # before the slow loads: fail fast
     formats = [f.strip() for f in format.split(",") if f.strip()]
     check_formats(formats)
+    resolve_backend(llm, llm_backend, llm_url)
     ens = load_ensemble(ensemble, inference_config)
     cache = cache_dir or ensemble / "cache"
     th = Thresholds.load(thresholds) if thresholds else Thresholds.uniform(stage1_threshold,

@@ -57,12 +57,13 @@ def tune_command(
     inference_config: InferenceConfigOption = None,
 ) -> None:
     """Sweep both thresholds jointly per class; write thresholds.json with the figures."""
-    from pipeline.recognizer import char_cache, load_ensemble, load_llm
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend
     from pipeline.tune import T1_GRID, collect, heatmaps, thresholds_from, tune_class
 
     if objective not in ("char_f1", "strict_f1"):
         raise PipelineError(f"--objective must be char_f1 or strict_f1, not {objective!r}")
     grid = parse_grid(t1_grid) if t1_grid else T1_GRID
+    resolve_backend(llm, llm_backend, llm_url)
     ens = load_ensemble(ensemble, inference_config)
     docs = gold_documents(gold, subset, ens.classes)  # before the (slow) LLM loads
     cache = cache_dir or ensemble / "cache"
@@ -103,10 +104,11 @@ def ablate_command(
 ) -> None:
     """Ensemble alone (paper's 0.8, tuned) vs re-ranked, per language × class, with counts."""
     from pipeline.ablate import ablate, markdown, pr_curves
-    from pipeline.recognizer import char_cache, load_ensemble, load_llm
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend
     from pipeline.thresholds import Thresholds
 
     tuned = Thresholds.load(thresholds)  # before the (slow) model loads: fail fast
+    resolve_backend(llm, llm_backend, llm_url)
     ens = load_ensemble(ensemble, inference_config)
     docs = gold_documents(gold, subset, ens.classes)
     cache = cache_dir or ensemble / "cache"
