@@ -347,3 +347,30 @@ def test_cached_char_probs_run_the_models_only_for_what_is_missing(overfit_ensem
     assert calls == [SENTENCES, ["otra frase nueva"]]
     assert np.array_equal(both[0]["DISEASE"], first[1]["DISEASE"])
     assert np.array_equal(both[2]["DISEASE"], first[0]["DISEASE"])
+
+
+def _fill_cache(folder: str, worker: int) -> None:
+    from stage1_ensemble.cache import CharProbCache
+
+    cache = CharProbCache(folder, "ens")
+    for batch in range(20):
+        texts = [f"worker {worker} batch {batch} text {i}" for i in range(8)]
+        cache.put_many("DISEASE", [(t, np.full(len(t), worker / 4, np.float32)) for t in texts])
+
+
+def test_char_prob_cache_is_shared_by_processes_writing_at_once(tmp_path):
+    import multiprocessing
+
+    from stage1_ensemble.cache import CharProbCache
+
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_fill_cache, args=(str(tmp_path), w)) for w in range(3)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(120)
+    assert [p.exitcode for p in workers] == [0, 0, 0]
+    cache = CharProbCache(tmp_path, "ens")
+    assert len(cache) == 3 * 20 * 8
+    got = cache.get("DISEASE", "worker 2 batch 19 text 7")
+    assert got is not None and np.all(got == np.float16(0.5))
