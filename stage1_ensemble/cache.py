@@ -10,6 +10,7 @@ about a third of the raw float16 bytes (bench/bench_cache.py).
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import threading
 import zlib
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 FILE = "charprobs.sqlite"
+logger = logging.getLogger(__name__)
 
 
 def text_key(text: str) -> bytes:
@@ -51,6 +53,10 @@ class CharProbCache:
     def __init__(self, folder: Path, ensemble_id: str) -> None:
         self.path = Path(folder) / FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if (self.path.parent / "charprobs").is_dir():
+            logger.warning("%s holds character probabilities of an older layout (one .npy file "
+                           "each), which are not read any more; delete it to free the space",
+                           self.path.parent / "charprobs")
         self.ensemble_id = ensemble_id
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None,

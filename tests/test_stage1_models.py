@@ -298,7 +298,7 @@ def test_members_sharing_a_tokenizer_share_windows_and_projection(tmp_path, monk
     assert len(calls) == 2 + 4  # the per-member reference tokenized once a member
 
 
-def test_char_prob_cache_round_trip_sharing_and_damage(tmp_path):
+def test_char_prob_cache_round_trip_sharing_and_damage(tmp_path, caplog):
     import sqlite3
 
     from stage1_ensemble.cache import CharProbCache
@@ -318,6 +318,10 @@ def test_char_prob_cache_round_trip_sharing_and_damage(tmp_path):
     with pytest.raises(ValueError, match=r"\(3,\) probabilities for a text of 11 characters"):
         cache.put("DISEASE", texts[0], probs[0][:3])
     assert len(list(tmp_path.iterdir())) <= 3  # one database (and its WAL files)
+    (tmp_path / "charprobs" / "DISEASE").mkdir(parents=True)  # the layout before
+    with caplog.at_level("WARNING"):
+        CharProbCache(tmp_path, "ens-a")
+    assert "older layout" in caplog.text
 
     # a damaged row is a miss (the models run again), not an error
     db = sqlite3.connect(tmp_path / "charprobs.sqlite")
