@@ -120,6 +120,7 @@ class Recognizer:
         if not isinstance(thresholds, Thresholds):
             thresholds = Thresholds.load(Path(thresholds)) if thresholds is not None else \
                 Thresholds.uniform(stage1_threshold, stage2_threshold)
+        resolve_backend(llm, backend, urls)  # before the slow loads
         ens = load_ensemble(Path(ensemble), Path(inference_config) if inference_config else None)
         cache = Path(cache_dir) if cache_dir is not None else None
         scorer = load_llm(llm, backend, urls, cache, **llm_options)
