@@ -3,8 +3,9 @@ without running the models again.
 
 One SQLite file (WAL journal: several processes of one machine, such as the shards of a run,
 share it), one row per (ensemble, class, text), the values as float16 compressed with zlib.
-A corpus of a million notes is one file rather than three million small ones, and takes
-about a third of the raw float16 bytes (bench/bench_cache.py).
+A corpus of a million notes is one file rather than three million small ones; zlib packs
+the values to about a third of their float16 bytes, about half with SQLite's pages
+(bench/bench_cache.py).
 """
 
 from __future__ import annotations
