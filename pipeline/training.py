@@ -55,12 +55,9 @@ def validate_member(model_dir: Path, docs: Sequence[Document], cls: str) -> dict
     starting point where no separate dev set exists."""
     if not docs:
         return {}
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
     from stage1_ensemble.infer import MemberRunner
 
-    runner = MemberRunner(AutoModelForTokenClassification.from_pretrained(str(model_dir)),
-                          AutoTokenizer.from_pretrained(str(model_dir)), InferenceConfig())
+    runner = MemberRunner.load(model_dir, InferenceConfig())
     texts = [d.text for d in docs]
     probs = runner.char_probs(texts)
     gold = [s for d in docs for s in d.spans if s.label == cls]

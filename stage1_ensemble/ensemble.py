@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stage1_ensemble.cache import CharProbCache
 from stage1_ensemble.config import InferenceConfig, load_config
+from stage1_ensemble.infer import labels_problem
 from stage1_ensemble.project import Projection
 
 MANIFEST = "ensemble.json"
@@ -99,6 +100,9 @@ class Ensemble:
             problem = model_folder_problem(path)
             if problem:
                 raise FileNotFoundError(f"{Path(folder) / MANIFEST}: member {m.name!r}: {problem}")
+            problem = labels_problem(path)
+            if problem:
+                raise ValueError(f"{Path(folder) / MANIFEST}: member {m.name!r}: {problem}")
             if m.entity_class not in manifest.classes:
                 raise ValueError(f"{Path(folder) / MANIFEST}: member {m.name!r} is for "
                                  f"{m.entity_class!r}, not one of {manifest.classes}")
@@ -116,18 +120,9 @@ class Ensemble:
     def runner(self, member: Member):
         """The member's model, loaded on first use and kept."""
         if member.name not in self._runners:
-            from transformers import AutoModelForTokenClassification, AutoTokenizer
-
             from stage1_ensemble.infer import MemberRunner
 
-            path = self.folder / member.path
-            model = AutoModelForTokenClassification.from_pretrained(
-                str(path), attn_implementation="sdpa")
-            if model.config.num_labels != 2:
-                raise ValueError(f"{path}: a member must be a binary token classifier, this "
-                                 f"one has {model.config.num_labels} labels")
-            self._runners[member.name] = MemberRunner(
-                model, AutoTokenizer.from_pretrained(str(path)), self.config)
+            self._runners[member.name] = MemberRunner.load(self.folder / member.path, self.config)
         return self._runners[member.name]
 
     def char_probs(self, texts: Sequence[str], classes: Sequence[str] | None = None,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,8 +31,46 @@ def padded_width(longest: int, multiple: int, limit: int) -> int:
     return min(-(-longest // multiple) * multiple, limit)
 
 
+@contextmanager
+def hf_bars_off() -> Iterator[None]:
+    """transformers draws a progress bar for every model it loads or saves: with 18 members
+    that is 18 bars between the lines of the command's own progress. Off inside, then as it
+    was."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def labels_problem(folder: Path) -> str | None:
+    """Why the model in ``folder`` cannot be a member (it is no binary classifier), or None.
+    Reads its config only."""
+    from transformers import AutoConfig
+
+    n = AutoConfig.from_pretrained(str(folder)).num_labels
+    return None if n == 2 else f"a member must be a binary token classifier, {folder} has {n} labels"
+
+
 class MemberRunner:
     """A loaded token classifier that turns texts into positive-class token probabilities."""
+
+    @classmethod
+    def load(cls, folder: Path, config: InferenceConfig | None = None) -> MemberRunner:
+        """The member saved in ``folder`` (model and tokenizer), with SDPA attention."""
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        problem = labels_problem(folder)
+        if problem:
+            raise ValueError(problem)
+        with hf_bars_off():
+            model = AutoModelForTokenClassification.from_pretrained(
+                str(folder), attn_implementation="sdpa")
+        return cls(model, AutoTokenizer.from_pretrained(str(folder)), config)
 
     def __init__(self, model, tokenizer, config: InferenceConfig | None = None) -> None:
         self.config = config or InferenceConfig()

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from stage1_ensemble.config import TrainConfig
+from stage1_ensemble.infer import hf_bars_off
 from stage1_ensemble.windows import gold_cumsum, token_labels, tokenize_windows
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def load_encoder(encoder: str | Path, config: TrainConfig | None = None):
     config = config or TrainConfig()
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
     overrides = dropout_overrides(AutoConfig.from_pretrained(str(encoder)), config)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), hf_bars_off():
         torch.manual_seed(config.seed)
         # fp32 master weights whatever the checkpoint's dtype; bf16 comes from autocast
         model = AutoModelForTokenClassification.from_pretrained(
@@ -112,6 +113,7 @@ def train_member(texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]
                       data_collator=DataCollatorForTokenClassification(tokenizer))
     trainer.train()
     final = out_dir / "model"
-    trainer.save_model(str(final))
+    with hf_bars_off():
+        trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
     return final

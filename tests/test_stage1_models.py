@@ -181,6 +181,13 @@ def test_missing_member_is_a_clear_error(overfit_ensemble, tmp_path):
             f.unlink()
         with pytest.raises(FileNotFoundError, match=f"member .*: {lacking} in"):
             Ensemble.load(damaged)
+    three = tmp_path / "three_labels"  # a mismatching member: not a binary classifier
+    shutil.copytree(overfit_ensemble, three)
+    config = json.loads((three / member / "config.json").read_text())
+    config["id2label"] = {"0": "O", "1": "B", "2": "I"}
+    (three / member / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="binary token classifier, .* has 3 labels"):
+        Ensemble.load(three)  # at load, not after the other members have run
     unfinished = tmp_path / "unfinished"
     shutil.copytree(overfit_ensemble, unfinished)
     manifest = json.loads((unfinished / "ensemble.json").read_text())
@@ -188,6 +195,19 @@ def test_missing_member_is_a_clear_error(overfit_ensemble, tmp_path):
     (unfinished / "ensemble.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="no member for SYMPTOM"):
         Ensemble.load(unfinished)
+
+
+def test_loading_members_draws_no_progress_bars(overfit_ensemble, capfd):
+    """One bar per member from transformers would interleave with the command's own."""
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    ens = Ensemble.load(overfit_ensemble, InferenceConfig(device="cpu"))
+    capfd.readouterr()
+    for m in ens.manifest.members:
+        ens.runner(m)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # as it was
 
 
 def test_folds_keep_translations_of_one_case_together():
