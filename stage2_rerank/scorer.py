@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -48,13 +48,22 @@ def model_identity(model: str | Path) -> str:
 
 
 class Scorer:
-    """Candidates -> prompts -> cache -> backend -> p(yes)."""
+    """Candidates -> prompts -> cache -> backend -> p(yes).
+
+    Prompts the cache lacks go to the backend ``chunk_size`` at a time, and each chunk's
+    scores are cached as soon as they come back: a run killed after hours of scoring keeps
+    them. ``on_progress(done, total)``, if set, is called after each chunk.
+    """
 
     def __init__(self, backend: Backend, builder: PromptBuilder, *, identity: str,
-                 cache: ScoreCache | None = None) -> None:
+                 cache: ScoreCache | None = None, chunk_size: int = 512) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
         self.backend, self.builder, self.cache = backend, builder, cache
         self.identity = f"{identity}|{builder.template.name}|{builder.max_context_tokens}"
+        self.chunk_size = chunk_size
         self.calls = 0  # prompts sent to the model (cache misses)
+        self.on_progress: Callable[[int, int], None] | None = None
 
     def score(self, candidates: Sequence[Candidate]) -> list[float]:
         if not candidates:
@@ -64,17 +73,20 @@ class Scorer:
         scores: list[float | None] = (self.cache.get_many(self.identity, keys) if self.cache is not None
                                       else [None] * len(prompts))
         missing = [i for i, s in enumerate(scores) if s is None]
-        if missing:
-            fresh = self.backend.score_prompts([prompts[i] for i in missing],
+        for lo in range(0, len(missing), self.chunk_size):
+            part = missing[lo : lo + self.chunk_size]
+            fresh = self.backend.score_prompts([prompts[i] for i in part],
                                                self.builder.yes_id, self.builder.no_id)
-            if len(fresh) != len(missing):
+            if len(fresh) != len(part):
                 raise RuntimeError(f"backend {self.backend.name} returned {len(fresh)} scores "
-                                   f"for {len(missing)} prompts")
-            self.calls += len(missing)
-            for i, s in zip(missing, fresh):
+                                   f"for {len(part)} prompts")
+            self.calls += len(part)
+            for i, s in zip(part, fresh):
                 scores[i] = s
             if self.cache is not None:
-                self.cache.put_many(self.identity, [(keys[i], scores[i]) for i in missing])
+                self.cache.put_many(self.identity, [(keys[i], scores[i]) for i in part])
+            if self.on_progress is not None:
+                self.on_progress(lo + len(part), len(missing))
         return [float(s) for s in scores]  # type: ignore[arg-type]
 
 

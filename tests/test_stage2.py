@@ -128,6 +128,29 @@ def test_cache_hits_invalidation_and_corrupt_entries(llm_dir, tmp_path):
     assert other.calls == 1  # other prompts settings: other keys
 
 
+def test_scores_are_cached_chunk_by_chunk_so_a_crash_keeps_them(llm_dir, tmp_path):
+    scorer = load_scorer("hf", llm_dir, cache_dir=tmp_path)
+    scorer.chunk_size = 2
+    real, asked = scorer.backend.score_prompts, []
+
+    def dies_on_the_second_chunk(prompts, yes, no):
+        asked.append(len(prompts))
+        if len(asked) == 2:
+            raise RuntimeError("the machine went away")
+        return real(prompts, yes, no)
+
+    scorer.backend.score_prompts = dies_on_the_second_chunk
+    with pytest.raises(RuntimeError, match="went away"):
+        scorer.score(CANDS)
+    assert asked == [2, 2] and len(scorer.cache) == 2  # the first chunk's scores are kept
+    again = load_scorer("hf", llm_dir, cache_dir=tmp_path)
+    progress = []
+    again.on_progress = lambda done, total: progress.append((done, total))
+    scores = again.score(CANDS)
+    assert again.calls == 2 and progress == [(2, 2)]  # only what the crash lost
+    assert scores == pytest.approx(load_scorer("hf", llm_dir).score(CANDS), abs=1e-6)
+
+
 @pytest.mark.parametrize("bad, message", [
     (Candidate("fiebre", 3, 99, "SYMPTOM"), r"candidate 1: span 3-99 is empty or outside"),
     (Candidate("fiebre", 0, 6, "MEDICATION"), r"candidate 1: unknown label 'MEDICATION'"),

@@ -1,7 +1,10 @@
-"""Options shared by run, tune and ablate (their loaders live in pipeline.recognizer)."""
+"""Options and progress display shared by run, tune and ablate (their loaders live in
+pipeline.recognizer)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -10,3 +13,41 @@ import typer
 InferenceConfigOption = Annotated[Path | None, typer.Option(
     help="InferenceConfig JSON for the ensemble (batch_size, device, bf16, compile, "
          "width_multiple, max_length, stride; unknown keys fail).")]
+
+
+def progress_display():
+    """The commands' progress bars (on stderr): what, bar, how many, rate, time."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed} {task.fields[unit]}"),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True))
+
+
+def follow_llm(progress, scorer) -> None:
+    """A bar for the LLM's prompts in ``progress`` (nothing without an LLM): scoring a batch
+    can take minutes on a CPU. Each batch of candidates starts the bar again."""
+    if scorer is None:
+        return
+    task = progress.add_task("stage 2 (LLM)", total=None, unit="prompts", rate="")
+
+    def show(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    scorer.on_progress = show
+
+
+@contextmanager
+def llm_progress(scorer) -> Iterator[None]:
+    """The LLM's progress bar while the block runs (tune, ablate)."""
+    if scorer is None:
+        yield
+        return
+    with progress_display() as progress:
+        follow_llm(progress, scorer)
+        try:
+            yield
+        finally:
+            scorer.on_progress = None

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
-from pipeline.cli.common import InferenceConfigOption
+from pipeline.cli.common import InferenceConfigOption, follow_llm, progress_display
 
 
 @app.command("run")
@@ -39,8 +39,6 @@ def run_command(
     """Propose spans with the ensemble, judge them with the LLM, write what is kept.
 
     Killed at any moment, the same command continues where it stopped."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from pipeline.errors import ReadReport
     from pipeline.readers import detect_format, open_corpus, stem_id
     from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend
@@ -65,10 +63,9 @@ def run_command(
                 "thresholds": th.model_dump(), "formats": sorted(formats), "shard": shard,
                 "chunk_size": chunk_size, "input": str(input.resolve())}
     start = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} docs"),
-                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  transient=False) as progress:
-        task = progress.add_task("pipeline run", total=total, rate="")
+    with progress_display() as progress:
+        task = progress.add_task("pipeline run", total=total, unit="docs", rate="")
+        follow_llm(progress, scorer)
 
         def on_chunk(summary, n: int) -> None:
             elapsed = max(time.perf_counter() - start, 1e-9)

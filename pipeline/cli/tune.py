@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
-from pipeline.cli.common import InferenceConfigOption
+from pipeline.cli.common import InferenceConfigOption, llm_progress
 from pipeline.errors import PipelineError
 
 Subset = Annotated[str, typer.Option(help="i/n: use only this share of the gold documents "
@@ -69,8 +69,10 @@ def tune_command(
     cache = cache_dir or ensemble / "cache"
     scorer = load_llm(llm, llm_backend, llm_url, cache)
     typer.echo(f"tuning on {len(docs)} documents", err=True)
-    sets = collect(docs, ens, scorer, t1_grid=grid, char_cache=char_cache(cache, ens),
-                   on_step=lambda t: typer.echo(f"  candidates at stage-1 threshold {t}", err=True))
+    with llm_progress(scorer):
+        sets = collect(docs, ens, scorer, t1_grid=grid, char_cache=char_cache(cache, ens),
+                       on_step=lambda t: typer.echo(f"  candidates at stage-1 threshold {t}",
+                                                    err=True))
     results = {cls: tune_class(s, objective=objective, with_llm=scorer is not None,
                                route_tolerance=route_tolerance) for cls, s in sets.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -114,10 +116,12 @@ def ablate_command(
     cache = cache_dir or ensemble / "cache"
     scorer = load_llm(llm, llm_backend, llm_url, cache)
     cc = char_cache(cache, ens)
-    report = ablate(docs, ens, scorer, tuned, char_cache=cc)
+    with llm_progress(scorer):
+        report = ablate(docs, ens, scorer, tuned, char_cache=cc)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(report, indent=2))
     text = markdown(report)
     (out / "ablation.md").write_text(text)
-    pr_curves(docs, ens, scorer, tuned, out / "pr.png", char_cache=cc)
+    with llm_progress(scorer):
+        pr_curves(docs, ens, scorer, tuned, out / "pr.png", char_cache=cc)
     typer.echo(text)
