@@ -109,3 +109,21 @@ def test_bad_option_values_are_usage_errors_without_traceback(tmp_path, tiny_ens
         assert out.returncode == 2 and "were given but no LLM (--llm" in out.stderr, out.stderr
     out = pipeline("evaluate", "--no-such-option")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_tune_and_ablate_with_an_llm_show_its_progress(tmp_path, tiny_ensemble, tiny_llm_dir):
+    from pipeline.writers import write_brat
+    from tests.test_stage1_models import two_docs
+
+    write_brat(two_docs(), tmp_path / "gold")
+    common = ["--ensemble", str(tiny_ensemble), "--gold", str(tmp_path / "gold"), "--llm",
+              str(tiny_llm_dir), "--llm-backend", "hf", "--cache-dir", str(tmp_path / "cache")]
+    out = pipeline("tune", *common, "--out", str(tmp_path / "t.json"), "--t1-grid", "0.5")
+    assert out.returncode == 0, out.stderr
+    assert "stage 2 (LLM)" in out.stderr and "prompts" in out.stderr
+    assert "DISEASE: ensemble alone t1=0.5" in out.stdout
+    out = pipeline("ablate", *common, "--thresholds", str(tmp_path / "t.json"), "--out",
+                   str(tmp_path / "ablation"))
+    assert out.returncode == 0, out.stderr
+    assert "| reranked@tuned | DISEASE |" in out.stdout
+    assert json.loads((tmp_path / "ablation" / "ablation.json").read_text())["costs"]
