@@ -40,7 +40,9 @@ def load_ensemble(path: Path, inference_config: Path | None = None):
 
     try:
         config = load_config(inference_config, InferenceConfig) if inference_config else None
-        return Ensemble.load(path, config)
+        ensemble = Ensemble.load(path, config)
+        ensemble.load_models()  # a broken member stops here, not as every document failing
+        return ensemble
     except (FileNotFoundError, ValueError) as exc:
         raise PipelineError(str(exc)) from None
 

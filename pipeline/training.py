@@ -128,6 +128,8 @@ def check_encoders(encoders: Sequence[str]) -> None:
     loaded (a typo in the last ``--encoder`` would otherwise surface hours in)."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from stage1_ensemble.train import load_encoder
+
     for encoder in encoders:
         path = Path(encoder).expanduser()
         if not path.exists() and (path.is_absolute() or str(encoder).startswith(".")):
@@ -145,6 +147,10 @@ def check_encoders(encoders: Sequence[str]) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise PipelineError(f"encoder {encoder}: its tokenizer has no fast version "
                                 "(offsets are needed to map tokens to characters)")
+        try:  # its weights, once, before hours of training on other encoders
+            load_encoder(encoder)
+        except ValueError as exc:
+            raise PipelineError(f"encoder {exc}") from None
 
 
 def train_one(name: str, cls: str, encoder: str, fold: int, n_folds: int,

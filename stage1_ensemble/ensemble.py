@@ -125,6 +125,12 @@ class Ensemble:
             self._runners[member.name] = MemberRunner.load(self.folder / member.path, self.config)
         return self._runners[member.name]
 
+    def load_models(self) -> None:
+        """Load every member now (otherwise each loads on first use), so that one that
+        cannot run is found before any document is."""
+        for m in self.manifest.members:
+            self.runner(m)
+
     def char_probs(self, texts: Sequence[str], classes: Sequence[str] | None = None,
                    ) -> list[dict[str, np.ndarray]]:
         """For each text, {class: float32 character probabilities}.

@@ -32,19 +32,41 @@ def padded_width(longest: int, multiple: int, limit: int) -> int:
 
 
 @contextmanager
-def hf_bars_off() -> Iterator[None]:
-    """transformers draws a progress bar for every model it loads or saves: with 18 members
-    that is 18 bars between the lines of the command's own progress. Off inside, then as it
-    was."""
+def hf_quiet() -> Iterator[None]:
+    """transformers draws a progress bar and prints a load report for every model it loads
+    (and a bar for every one it saves): with 18 members, 18 of each between the lines of the
+    command's own progress. Bars and its messages below errors are off inside, then as they
+    were; ``load_token_classifier`` checks itself what the report would have said."""
     from transformers.utils import logging as hf_logging
 
-    shown = hf_logging.is_progress_bar_enabled()
+    shown, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(level)
         if shown:
             hf_logging.enable_progress_bar()
+
+
+def load_token_classifier(folder: str | Path, *, new_head: bool = False, **kwargs):
+    """``AutoModelForTokenClassification.from_pretrained(folder, **kwargs)``, refusing a
+    checkpoint that lacks weights the model needs (transformers would draw them at random
+    and only say so in a report): any, for a trained member; any of the encoder's, with
+    ``new_head`` (a member about to be trained, whose classification head is new)."""
+    from transformers import AutoModelForTokenClassification
+
+    with hf_quiet():
+        model, info = AutoModelForTokenClassification.from_pretrained(
+            str(folder), output_loading_info=True, **kwargs)
+    missing = list(info["missing_keys"])
+    if new_head:
+        missing = [k for k in missing if k.startswith(f"{model.base_model_prefix}.")]
+    if missing:
+        raise ValueError(f"{folder}: {len(missing)} weights of the model are not in its "
+                         f"checkpoint (e.g. {sorted(missing)[0]}); they would be random")
+    return model
 
 
 def labels_problem(folder: Path) -> str | None:
@@ -62,14 +84,12 @@ class MemberRunner:
     @classmethod
     def load(cls, folder: Path, config: InferenceConfig | None = None) -> MemberRunner:
         """The member saved in ``folder`` (model and tokenizer), with SDPA attention."""
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         problem = labels_problem(folder)
         if problem:
             raise ValueError(problem)
-        with hf_bars_off():
-            model = AutoModelForTokenClassification.from_pretrained(
-                str(folder), attn_implementation="sdpa")
+        model = load_token_classifier(folder, attn_implementation="sdpa")
         return cls(model, AutoTokenizer.from_pretrained(str(folder)), config)
 
     def __init__(self, model, tokenizer, config: InferenceConfig | None = None) -> None:

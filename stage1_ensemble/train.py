@@ -14,7 +14,6 @@ import torch
 from datasets import Dataset
 from transformers import (
     AutoConfig,
-    AutoModelForTokenClassification,
     AutoTokenizer,
     DataCollatorForTokenClassification,
     Trainer,
@@ -22,7 +21,7 @@ from transformers import (
 )
 
 from stage1_ensemble.config import TrainConfig
-from stage1_ensemble.infer import hf_bars_off
+from stage1_ensemble.infer import hf_quiet, load_token_classifier
 from stage1_ensemble.windows import gold_cumsum, token_labels, tokenize_windows
 
 logger = logging.getLogger(__name__)
@@ -81,12 +80,12 @@ def load_encoder(encoder: str | Path, config: TrainConfig | None = None):
     config = config or TrainConfig()
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
     overrides = dropout_overrides(AutoConfig.from_pretrained(str(encoder)), config)
-    with torch.random.fork_rng(devices=[]), hf_bars_off():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         # fp32 master weights whatever the checkpoint's dtype; bf16 comes from autocast
-        model = AutoModelForTokenClassification.from_pretrained(
-            str(encoder), dtype=torch.float32, num_labels=2, id2label={0: "O", 1: "ENTITY"},
-            label2id={"O": 0, "ENTITY": 1}, **overrides)
+        model = load_token_classifier(
+            encoder, new_head=True, dtype=torch.float32, num_labels=2,
+            id2label={0: "O", 1: "ENTITY"}, label2id={"O": 0, "ENTITY": 1}, **overrides)
     return model, tokenizer
 
 
@@ -113,7 +112,7 @@ def train_member(texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]
                       data_collator=DataCollatorForTokenClassification(tokenizer))
     trainer.train()
     final = out_dir / "model"
-    with hf_bars_off():
+    with hf_quiet():
         trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
     return final

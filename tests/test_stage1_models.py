@@ -96,6 +96,8 @@ def test_resumed_training_scores_the_threshold_grid_of_older_members(tmp_path):
 
 
 def test_unusable_encoders_and_unannotated_classes_stop_training_before_it_starts(tmp_path):
+    from safetensors.torch import load_file, save_file
+
     from pipeline.errors import PipelineError
     from tests.tiny_models import tiny_bert_encoder
 
@@ -108,6 +110,15 @@ def test_unusable_encoders_and_unannotated_classes_stop_training_before_it_start
             train_ensemble(two_docs(), out=tmp_path / "ens", encoders=[encoder, bad],
                            classes=["DISEASE"], config=config)
         assert not list((tmp_path / "ens").glob("*/member.json"))  # nothing trained first
+    renamed = tiny_bert_encoder(tmp_path / "renamed")  # weights saved under other names
+    weights = load_file(renamed / "model.safetensors")
+    save_file({f"wrapper.{k}": v for k, v in weights.items()}, renamed / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(PipelineError, match=r"renamed: \d+ weights of the model are not in its "
+                                            r"checkpoint .* they would be random"):
+        train_ensemble(two_docs(), out=tmp_path / "ens", encoders=[encoder, str(renamed)],
+                       classes=["DISEASE"], config=config)
+    assert not list((tmp_path / "ens").glob("*/member.json"))
     with pytest.raises(PipelineError, match="no gold SYMPTOM spans in the training documents"):
         train_ensemble(two_docs(), out=tmp_path / "ens", encoders=[encoder],
                        classes=["DISEASE", "SYMPTOM"], config=config)
@@ -164,6 +175,11 @@ def test_training_on_other_data_into_the_same_folder_is_refused(overfit_ensemble
 def test_missing_member_is_a_clear_error(overfit_ensemble, tmp_path):
     import shutil
 
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.errors import PipelineError
+    from pipeline.recognizer import load_ensemble
+
     broken = tmp_path / "broken"
     shutil.copytree(overfit_ensemble, broken)
     member = json.loads((broken / "ensemble.json").read_text())["members"][0]["path"]
@@ -181,6 +197,16 @@ def test_missing_member_is_a_clear_error(overfit_ensemble, tmp_path):
             f.unlink()
         with pytest.raises(FileNotFoundError, match=f"member .*: {lacking} in"):
             Ensemble.load(damaged)
+    headless = tmp_path / "headless"  # weights without the classification head
+    shutil.copytree(overfit_ensemble, headless)
+    weights = load_file(headless / member / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")},
+              headless / member / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="2 weights of the model are not in its checkpoint "
+                                         r"\(e.g. classifier.bias\); they would be random"):
+        Ensemble.load(headless).load_models()
+    with pytest.raises(PipelineError, match="they would be random"):
+        load_ensemble(headless)  # what the commands and Recognizer load: at once
     three = tmp_path / "three_labels"  # a mismatching member: not a binary classifier
     shutil.copytree(overfit_ensemble, three)
     config = json.loads((three / member / "config.json").read_text())
