@@ -76,7 +76,7 @@ def main() -> None:
     step(f"3. tuning both thresholds on {len(tune_docs)} dev documents")
     sets = collect(tune_docs, ensemble, scorer, char_cache=cache)
     results = {cls: tune_class(s) for cls, s in sets.items()}
-    tuned = thresholds_from(results, "char_f1")
+    tuned = thresholds_from(results, "char_f1", ensemble=ensemble.identity, llm=scorer.identity)
     (out / "thresholds.json").write_text(tuned.model_dump_json(indent=2))
     heatmaps(results, "char_f1", out / "thresholds.png")
     for cls, r in results.items():

@@ -12,6 +12,7 @@ The loaders here also serve the ``pipeline`` command (``run``, ``tune``, ``ablat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import overload
@@ -19,6 +20,8 @@ from typing import overload
 from pipeline.documents import Document, Span
 from pipeline.errors import PipelineError
 from pipeline.thresholds import Thresholds
+
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("vllm", "openai", "hf")
 
@@ -90,6 +93,15 @@ def load_llm(llm: str | Path | None, backend: str | None = None, urls: list[str]
         raise PipelineError(str(exc)) from None
 
 
+def warn_unfit(thresholds: Thresholds, ensemble, scorer, source: str = "thresholds") -> None:
+    """A warning for each way ``thresholds`` may not suit this ensemble and LLM (tuned for
+    others, or lacking a class): they run, but are not what tuning chose for these."""
+    llm = scorer.identity if scorer is not None else None
+    for problem in thresholds.unfit(ensemble.classes, ensemble.identity, llm):
+        logger.warning("%s: %s (pipeline tune chooses thresholds for this ensemble and LLM)",
+                       source, problem)
+
+
 class Recognizer:
     """The ensemble proposes spans, the LLM (if any) judges them, the thresholds decide.
 
@@ -126,6 +138,7 @@ class Recognizer:
         ens = load_ensemble(Path(ensemble), Path(inference_config) if inference_config else None)
         cache = Path(cache_dir) if cache_dir is not None else None
         scorer = load_llm(llm, backend, urls, cache, **llm_options)
+        warn_unfit(thresholds, ens, scorer)
         return cls(ens, scorer, thresholds, char_cache(cache, ens) if cache else None,
                    batch_size)
 

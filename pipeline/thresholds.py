@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +24,22 @@ class Thresholds(BaseModel):
 
     def of(self, cls: str) -> ClassThresholds:
         return self.classes.get(cls, self.default)
+
+    def unfit(self, classes: Sequence[str], ensemble: str, llm: str | None) -> list[str]:
+        """Why these thresholds may not suit the ensemble of ``classes`` and identity
+        ``ensemble`` with the LLM scorer ``llm`` (None: no LLM); empty if nothing does."""
+        problems = []
+        lacking = [c for c in classes if c not in self.classes]
+        if self.classes and lacking:
+            problems.append(f"no thresholds for {', '.join(lacking)}: the default (stage 1 "
+                            f"{self.default.stage1}, stage 2 {self.default.stage2}) applies")
+        tuned = (self.model_extra or {}).get("tuned_for") or {}
+        if tuned.get("ensemble") not in (None, ensemble):
+            problems.append(f"tuned for ensemble {tuned['ensemble']}, used with {ensemble}")
+        if tuned and tuned.get("llm") != llm:
+            problems.append(f"tuned with LLM {tuned.get('llm') or 'none'}, used with "
+                            f"{llm or 'none'}")
+        return problems
 
     @classmethod
     def load(cls, path: Path) -> Thresholds:

@@ -146,7 +146,10 @@ def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
     return result
 
 
-def thresholds_from(results: dict[str, dict], objective: str) -> Thresholds:
+def thresholds_from(results: dict[str, dict], objective: str, *, ensemble: str | None = None,
+                    llm: str | None = None) -> Thresholds:
+    """The tuned thresholds, with the figures they reached and, given, the identities of the
+    ensemble and LLM they were tuned for (``run`` warns when used with others)."""
     classes = {}
     for cls, r in results.items():
         best = r.get("reranked") or {"stage1": r["stage1_only"]["stage1"], "stage2": 0.0,
@@ -154,7 +157,8 @@ def thresholds_from(results: dict[str, dict], objective: str) -> Thresholds:
         classes[cls] = ClassThresholds(stage1=best["stage1"], stage2=best["stage2"],
                                        route=best["route"])
     figures = {cls: {k: v for k, v in r.items() if k != "grid"} for cls, r in results.items()}
-    return Thresholds(classes=classes, objective=objective, figures=figures)
+    tuned_for = {"tuned_for": {"ensemble": ensemble, "llm": llm}} if ensemble else {}
+    return Thresholds(classes=classes, objective=objective, figures=figures, **tuned_for)
 
 
 def heatmaps(results: dict[str, dict], objective: str, path) -> None:

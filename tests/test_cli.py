@@ -126,4 +126,6 @@ def test_tune_and_ablate_with_an_llm_show_its_progress(tmp_path, tiny_ensemble, 
                    str(tmp_path / "ablation"))
     assert out.returncode == 0, out.stderr
     assert "| reranked@tuned | DISEASE |" in out.stdout
+    assert "tuned for" not in out.stderr and "tuned with" not in out.stderr  # their own thresholds
+    assert set(json.loads((tmp_path / "t.json").read_text())["tuned_for"]) == {"ensemble", "llm"}
     assert json.loads((tmp_path / "ablation" / "ablation.json").read_text())["costs"]

@@ -294,3 +294,24 @@ def test_recognizer_thresholds_trade_precision_for_recall_from_cache(tmp_path, t
     kept = [s for spans in rec(texts) for s in spans]
     assert sorted(s.stage2_score for s in kept) == [p for p in scores if p >= cut]
     assert rec.scorer.calls == calls  # every score came from the cache
+
+
+def test_thresholds_warn_when_tuned_for_another_ensemble_or_lacking_a_class(tiny_ensemble,
+                                                                            caplog):
+    from pipeline import Recognizer
+    from pipeline.tune import thresholds_from
+
+    results = {"DISEASE": {"stage1_only": {"stage1": 0.4, "char_f1": 0.5}}}
+    ens = Ensemble.load(tiny_ensemble)
+    tuned = thresholds_from(results, "char_f1", ensemble=ens.identity, llm=None)
+    again = Thresholds.model_validate_json(tuned.model_dump_json())  # as a file gives it
+    assert again.unfit(ens.classes, ens.identity, None) == []
+    other = thresholds_from(results, "char_f1", ensemble="another", llm="smollm2@1")
+    problems = other.unfit(["DISEASE", "SYMPTOM"], ens.identity, None)
+    assert problems == ["no thresholds for SYMPTOM: the default (stage 1 0.6, stage 2 0.5) applies",
+                        f"tuned for ensemble another, used with {ens.identity}",
+                        "tuned with LLM smollm2@1, used with none"]
+    assert Thresholds.uniform(0.5).unfit(["DISEASE"], "x", "y") == []  # nothing was tuned
+    with caplog.at_level("WARNING"):
+        Recognizer.load(tiny_ensemble, thresholds=other)
+    assert f"tuned for ensemble another, used with {ens.identity}" in caplog.text

@@ -41,7 +41,7 @@ def run_command(
     Killed at any moment, the same command continues where it stopped."""
     from pipeline.errors import ReadReport
     from pipeline.readers import detect_format, open_corpus, stem_id
-    from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend, warn_unfit
     from pipeline.run import check_formats, in_shard, parse_shard, run_pipeline
     from pipeline.thresholds import Thresholds
 
@@ -54,6 +54,7 @@ def run_command(
     th = Thresholds.load(thresholds) if thresholds else Thresholds.uniform(stage1_threshold,
                                                                            stage2_threshold)
     scorer = load_llm(llm, llm_backend, llm_url, cache)
+    warn_unfit(th, ens, scorer, str(thresholds) if thresholds else "thresholds")
     report = ReadReport()
     docs = open_corpus(input, texts=texts, lenient=True, report=report,
                        classes=tuple(ens.classes))

@@ -76,7 +76,9 @@ def tune_command(
     results = {cls: tune_class(s, objective=objective, with_llm=scorer is not None,
                                route_tolerance=route_tolerance) for cls, s in sets.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(thresholds_from(results, objective).model_dump_json(indent=2))
+    tuned = thresholds_from(results, objective, ensemble=ens.identity,
+                            llm=scorer.identity if scorer is not None else None)
+    out.write_text(tuned.model_dump_json(indent=2))
     heatmaps(results, objective, out.with_suffix(".png"))
     for cls, r in results.items():
         line = f"{cls}: ensemble alone t1={r['stage1_only']['stage1']} {objective}=" \
@@ -106,7 +108,7 @@ def ablate_command(
 ) -> None:
     """Ensemble alone (paper's 0.8, tuned) vs re-ranked, per language × class, with counts."""
     from pipeline.ablate import ablate, markdown, pr_curves
-    from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend, warn_unfit
     from pipeline.thresholds import Thresholds
 
     tuned = Thresholds.load(thresholds)  # before the (slow) model loads: fail fast
@@ -115,6 +117,7 @@ def ablate_command(
     docs = gold_documents(gold, subset, ens.classes)
     cache = cache_dir or ensemble / "cache"
     scorer = load_llm(llm, llm_backend, llm_url, cache)
+    warn_unfit(tuned, ens, scorer, str(thresholds))
     cc = char_cache(cache, ens)
     with llm_progress(scorer):
         report = ablate(docs, ens, scorer, tuned, char_cache=cc)
