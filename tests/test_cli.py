@@ -28,6 +28,12 @@ def test_evaluate_json_has_the_official_keys(tmp_path):
     out = pipeline("evaluate", "--gold", str(gold), "--pred", str(pred))
     assert out.returncode == 0, out.stderr
     assert "class=DISEASE" in out.stdout and "0.6667" in out.stdout and "…" not in out.stdout
+    assert "warning" not in out.stderr
+    renamed = tmp_path / "renamed.tsv"  # ids that name no gold document: said, and scored
+    renamed.write_text(pred.read_text().replace("\nd\t", "\nd.txt\t"))
+    out = pipeline("evaluate", "--gold", str(gold), "--pred", str(renamed), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["strict"]["fp"] == 2
+    assert "no document of" in out.stderr and "predicted like 'd.txt'" in out.stderr
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path):

@@ -35,6 +35,11 @@ def evaluate_command(
         entity = DEFAULT_LABEL_MAP[entity]
     gold_spans, lang_of = load_spans(gold, lenient=lenient)
     pred_spans, _ = load_spans(pred, lenient=lenient)
+    gold_ids, pred_ids = {s.doc_id for s in gold_spans}, {s.doc_id for s in pred_spans}
+    if gold_ids and pred_ids and not gold_ids & pred_ids:  # every span would count as wrong
+        typer.secho(f"warning: no document of {pred} is in {gold} (gold ids like "
+                    f"{min(gold_ids)!r}, predicted like {min(pred_ids)!r}); every prediction "
+                    "counts as a false positive", fg="yellow", err=True)
     result = evaluate(gold_spans, pred_spans, entity=entity, lang_of=lang_of)
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
