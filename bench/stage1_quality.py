@@ -69,7 +69,7 @@ def main() -> None:
     member_probs = {m.name: ens.runner(m).char_probs(texts) for m in ens.manifest.members}
     # stored in the ensemble's cache as `pipeline run` stores them (float16), so that a later
     # `pipeline run` + `pipeline evaluate` reproduces these figures without running models
-    cache = CharProbCache(args.ensemble / "cache", ens.identity)
+    cache = CharProbCache(args.ensemble / "cache", ens.probs_identity)
     probs: list[dict] = [{} for _ in dev]
     for cls in classes:
         stored = cache.put_many(cls, list(zip(texts, ens.combine(cls, member_probs))))

@@ -85,7 +85,8 @@ def main() -> None:
               f"char F1 {rr['char_f1']:.3f} (ensemble alone: {r['stage1_only']['char_f1']:.3f})")
 
     step(f"4. pipeline run, re-ranked, on the other {len(test_docs)} dev documents")
-    settings = {"ensemble": ensemble.identity, "llm": scorer.identity,
+    settings = {"ensemble": ensemble.identity, "inference": ensemble.output_settings,
+                "llm": scorer.identity,
                 "thresholds": tuned.model_dump(), "demo": True}
     summary = run_pipeline(test_docs, out=out / "run", ensemble=ensemble, scorer=scorer,
                            thresholds=tuned, settings=settings, formats=("tsv", "jsonl"),

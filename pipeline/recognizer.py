@@ -54,7 +54,7 @@ def char_cache(cache_dir: Path, ensemble):
     """The on-disk cache of ``ensemble``'s character probabilities under ``cache_dir``."""
     from stage1_ensemble.cache import CharProbCache
 
-    return CharProbCache(Path(cache_dir), ensemble.identity)
+    return CharProbCache(Path(cache_dir), ensemble.probs_identity)
 
 
 def resolve_backend(llm: str | Path | None, backend: str | None = None,

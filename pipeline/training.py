@@ -99,7 +99,7 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
                             "choose the classes the corpus annotates (--classes)")
     check_encoders([e for e in dict.fromkeys(encoders)
                     if any(not member_file(out, member_name(c, e, f)).exists()
-                           for c in classes for f in range(n_folds))])
+                           for c in classes for f in range(n_folds))], config)
     members: list[Member] = []
     for cls in classes:
         cls_docs = [d for d in docs if d.entity_class in (None, cls)]
@@ -123,7 +123,7 @@ def member_file(out: Path, name: str) -> Path:
     return out / name / "member.json"
 
 
-def check_encoders(encoders: Sequence[str]) -> None:
+def check_encoders(encoders: Sequence[str], config: TrainConfig | None = None) -> None:
     """Fail before any training if an encoder that still has members to train cannot be
     loaded (a typo in the last ``--encoder`` would otherwise surface hours in)."""
     from transformers import AutoConfig, AutoTokenizer
@@ -148,7 +148,7 @@ def check_encoders(encoders: Sequence[str]) -> None:
             raise PipelineError(f"encoder {encoder}: its tokenizer has no fast version "
                                 "(offsets are needed to map tokens to characters)")
         try:  # its weights, once, before hours of training on other encoders
-            load_encoder(encoder)
+            load_encoder(encoder, config)
         except ValueError as exc:
             raise PipelineError(f"encoder {exc}") from None
 

@@ -5,14 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TrainConfig(Strict):
+class Windowed(Strict):
+    """Windows of at most ``max_length`` tokens, ``stride`` of them shared with the next."""
+
+    max_length: int = Field(512, ge=16, le=8192)
+    stride: int = Field(32, ge=0)
+
+    @model_validator(mode="after")
+    def _windows_advance(self):
+        if self.stride > self.max_length // 2:
+            raise ValueError(f"stride {self.stride} must be at most half of max_length "
+                             f"{self.max_length}, or windows barely advance")
+        return self
+
+
+class TrainConfig(Windowed):
     """One member's training recipe; the defaults are the paper's."""
 
     learning_rate: float = 1e-5
@@ -21,8 +35,6 @@ class TrainConfig(Strict):
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
     weight_decay: float = 0.0
-    max_length: int = Field(512, le=8192, ge=16)
-    stride: int = Field(32, ge=0)
     seed: int = 42
     bf16: bool | None = None  # None: bf16 where CUDA is available
     # Dropout in the encoder; None keeps the checkpoint's own. On the CPU, dropout inside
@@ -33,10 +45,10 @@ class TrainConfig(Strict):
     logging_steps: int = 50
 
 
-class InferenceConfig(Strict):
-    batch_size: int = 32  # windows per forward pass
-    max_length: int = 512
-    stride: int = 32
+class InferenceConfig(Windowed):
+    """How members run. A ``max_length`` beyond a member's positions is lowered to them."""
+
+    batch_size: int = Field(32, ge=1)  # windows per forward pass
     device: str | None = None  # None: cuda where available, else cpu
     bf16: bool | None = None  # None: bf16 on cuda
     # torch.compile the encoder (fuses its elementwise work; the first batches pay the

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stage1_ensemble.cache import CharProbCache
 from stage1_ensemble.config import InferenceConfig, load_config
-from stage1_ensemble.infer import labels_problem
+from stage1_ensemble.infer import labels_problem, pick_device, use_bf16
 from stage1_ensemble.project import Projection
 
 MANIFEST = "ensemble.json"
@@ -112,6 +112,20 @@ class Ensemble:
             raise ValueError(f"{Path(folder) / MANIFEST}: no member for {', '.join(lacking)} "
                              "(is its training unfinished? `pipeline train` resumes it)")
         return cls(folder, manifest, config)
+
+    @property
+    def output_settings(self) -> dict:
+        """The inference settings that change the character probabilities, not only how
+        fast they come: the windows, and bf16 (which can move a value by a few 1e-3)."""
+        bf16 = use_bf16(self.config.bf16, pick_device(self.config))
+        return {"max_length": self.config.max_length, "stride": self.config.stride,
+                "bf16": bf16}
+
+    @property
+    def probs_identity(self) -> str:
+        """What cached character probabilities depend on: the members and those settings."""
+        key = f"{self.identity} {json.dumps(self.output_settings, sort_keys=True)}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     @property
     def classes(self) -> list[str]:

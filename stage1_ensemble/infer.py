@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
@@ -14,6 +15,8 @@ import torch
 from stage1_ensemble.config import InferenceConfig
 from stage1_ensemble.project import project_batch
 from stage1_ensemble.windows import Windows, tokenize_windows
+
+logger = logging.getLogger(__name__)
 
 
 def pick_device(config: InferenceConfig) -> torch.device:
@@ -78,6 +81,19 @@ def labels_problem(folder: Path) -> str | None:
     return None if n == 2 else f"a member must be a binary token classifier, {folder} has {n} labels"
 
 
+def window_limit(model) -> int | None:
+    """The most tokens a window may hold for ``model``: its table of absolute positions
+    (RoBERTa-style embeddings reserve the first ``padding_idx + 1`` of it); None where
+    positions are not absolute."""
+    config = model.config
+    n = getattr(config, "max_position_embeddings", None)
+    if n is None or getattr(config, "position_embedding_type", "absolute") != "absolute" \
+            or getattr(config, "position_biased_input", True) is False:
+        return None
+    padding = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+    return n - (padding + 1) if isinstance(padding, int) else n
+
+
 class MemberRunner:
     """A loaded token classifier that turns texts into positive-class token probabilities."""
 
@@ -100,19 +116,30 @@ class MemberRunner:
         self.forward = torch.compile(self.model, dynamic=True) if self.config.compile \
             else self.model
         self.tokenizer = tokenizer
+        limit = window_limit(model)
+        self.max_length = self.config.max_length
+        if limit is not None and self.max_length > limit:
+            logger.warning("max_length %d is more than the model's %d positions; its windows "
+                           "hold %d tokens", self.max_length, limit, limit)
+            self.max_length = limit
+            if self.config.stride > limit // 2:
+                raise ValueError(f"stride {self.config.stride} is more than half of the "
+                                 f"{limit} tokens the model's windows can hold")
 
     @cached_property
     def tokenizer_key(self) -> str:
-        """Equal for runners whose tokenizers give the same windows (the fast tokenizer's
-        whole definition: normaliser, pre-tokeniser, vocabulary, special tokens)."""
+        """Equal for runners whose windows are the same (the fast tokenizer's whole
+        definition: normaliser, pre-tokeniser, vocabulary, special tokens; and the window
+        size)."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is None:  # not a fast tokenizer: shares nothing (``windows`` refuses it)
             return f"runner-{id(self)}"
-        definition = type(self.tokenizer).__name__ + backend.to_str()
+        definition = (f"{type(self.tokenizer).__name__} {self.max_length} {self.config.stride} "
+                      + backend.to_str())
         return hashlib.sha256(definition.encode()).hexdigest()
 
     def windows(self, texts: Sequence[str]) -> Windows:
-        return tokenize_windows(self.tokenizer, texts, max_length=self.config.max_length,
+        return tokenize_windows(self.tokenizer, texts, max_length=self.max_length,
                                 stride=self.config.stride)
 
     @torch.inference_mode()

@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from stage1_ensemble.config import TrainConfig
-from stage1_ensemble.infer import hf_quiet, load_token_classifier
+from stage1_ensemble.infer import hf_quiet, load_token_classifier, window_limit
 from stage1_ensemble.windows import gold_cumsum, token_labels, tokenize_windows
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,10 @@ def load_encoder(encoder: str | Path, config: TrainConfig | None = None):
         model = load_token_classifier(
             encoder, new_head=True, dtype=torch.float32, num_labels=2,
             id2label={0: "O", 1: "ENTITY"}, label2id={"O": 0, "ENTITY": 1}, **overrides)
+    limit = window_limit(model)
+    if limit is not None and config.max_length > limit:
+        raise ValueError(f"{encoder}: windows of max_length {config.max_length} tokens do not "
+                         f"fit its {limit} positions; lower max_length in the training config")
     return model, tokenizer
 
 

@@ -424,3 +424,45 @@ def test_char_prob_cache_is_shared_by_processes_writing_at_once(tmp_path):
     assert len(cache) == 3 * 20 * 8
     got = cache.get("DISEASE", "worker 2 batch 19 text 7")
     assert got is not None and np.all(got == np.float16(0.5))
+
+
+def test_windows_beyond_a_models_positions_are_lowered_or_refused(tmp_path, caplog):
+    """A max_length past the position table failed every long document at run time."""
+    from pipeline.errors import PipelineError
+    from stage1_ensemble.infer import MemberRunner, window_limit
+    from stage1_ensemble.train import load_encoder
+    from tests.tiny_models import tiny_bert_encoder
+
+    folder = tiny_xlmr(tmp_path / "xlmr")  # 514 positions, the first 2 reserved
+    text = " ".join(SENTENCES * 60)  # about 1,200 tokens
+    with caplog.at_level("WARNING"):
+        wide = MemberRunner.load(folder, InferenceConfig(device="cpu", max_length=1024))
+    assert window_limit(wide.model) == 512 and wide.max_length == 512
+    assert "max_length 1024 is more than the model's 512 positions" in caplog.text
+    usual = MemberRunner.load(folder, InferenceConfig(device="cpu"))
+    assert wide.tokenizer_key == usual.tokenizer_key  # the same windows: shared
+    assert np.array_equal(wide.char_probs([text])[0], usual.char_probs([text])[0])
+    with pytest.raises(ValueError, match="stride 600 is more than half of the 512 tokens"):
+        MemberRunner.load(folder, InferenceConfig(device="cpu", max_length=2048, stride=600))
+
+    encoder = tiny_bert_encoder(tmp_path / "bert")  # 512 positions
+    with pytest.raises(ValueError, match="max_length 1024 tokens do not fit its 512 positions"):
+        load_encoder(encoder, TrainConfig(max_length=1024))
+    with pytest.raises(PipelineError, match="do not fit its 512 positions"):  # before training
+        train_ensemble(two_docs(), out=tmp_path / "ens", encoders=[str(encoder)],
+                       classes=["DISEASE"], config=TrainConfig(max_length=1024, max_steps=1))
+    for config in (TrainConfig, InferenceConfig):
+        with pytest.raises(ValueError, match="stride 300 must be at most half of max_length 512"):
+            config(stride=300)
+
+
+def test_cached_probabilities_are_keyed_by_the_settings_that_change_them(overfit_ensemble):
+    def identity(**settings) -> str:
+        return Ensemble.load(overfit_ensemble, InferenceConfig(device="cpu", **settings)
+                             ).probs_identity
+
+    base = identity()
+    assert identity(compile=True, batch_size=3, width_multiple=8) == base  # speed only
+    assert len({base, identity(max_length=256), identity(stride=16), identity(bf16=True)}) == 4
+    assert Ensemble.load(overfit_ensemble).identity == Ensemble.load(
+        overfit_ensemble, InferenceConfig(max_length=256)).identity  # the members themselves

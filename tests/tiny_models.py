@@ -45,7 +45,7 @@ def tiny_bert_encoder(folder: Path, corpus: list[str] = SENTENCES, seed: int = 0
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=128,
-                        max_position_embeddings=128, num_labels=2)
+                        max_position_embeddings=512, num_labels=2)
     BertForTokenClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

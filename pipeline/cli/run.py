@@ -60,7 +60,8 @@ def run_command(
                        classes=tuple(ens.classes))
     total = sum(in_shard(stem_id(p.stem), share) for p in input.glob("*.txt")) \
         if detect_format(input) in ("brat", "txt") else None  # this shard's documents
-    settings = {"ensemble": ens.identity, "llm": scorer.identity if scorer else None,
+    settings = {"ensemble": ens.identity, "inference": ens.output_settings,
+                "llm": scorer.identity if scorer else None,
                 "thresholds": th.model_dump(), "formats": sorted(formats), "shard": shard,
                 "chunk_size": chunk_size, "input": str(input.resolve())}
     start = time.perf_counter()
