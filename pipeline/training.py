@@ -149,8 +149,9 @@ def check_encoders(encoders: Sequence[str], config: TrainConfig | None = None) -
                                 "(offsets are needed to map tokens to characters)")
         try:  # its weights, once, before hours of training on other encoders
             load_encoder(encoder, config)
-        except ValueError as exc:
-            raise PipelineError(f"encoder {exc}") from None
+        except ValueError as exc:  # its messages may name the folder already
+            reason = str(exc).removeprefix(f"{encoder}: ")
+            raise PipelineError(f"encoder {encoder}: {reason}") from None
 
 
 def train_one(name: str, cls: str, encoder: str, fold: int, n_folds: int,
