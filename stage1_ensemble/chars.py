@@ -7,10 +7,40 @@ decoding and projection ask about positions, never build a mask over the whole t
 
 from __future__ import annotations
 
+import functools
+import re
+import sys
+import unicodedata
+
 import numpy as np
 
+
+def is_word_char(c: str) -> bool:
+    """A Unicode letter or digit (``str.isalnum``), or a combining mark (categories Mn, Mc,
+    Me): in decomposed text (NFD, as some systems write files) "š" is "s" + U+030C, and a
+    word must not end between a letter and its accent."""
+    return c.isalnum() or unicodedata.category(c)[0] == "M"
+
+
 _BMP = 0x10000
-_ALNUM = np.array([chr(c).isalnum() for c in range(_BMP)], dtype=bool)
+_ALNUM = np.array([is_word_char(chr(c)) for c in range(_BMP)], dtype=bool)
+
+
+@functools.cache
+def word_regex() -> re.Pattern:
+    """Words as decoding sees them (maximal runs of ``is_word_char``), as a regular
+    expression (built on first use: it scans every code point for marks)."""
+    marks = [c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M"]
+    ranges, i = [], 0
+    while i < len(marks):
+        j = i
+        while j + 1 < len(marks) and marks[j + 1] == marks[j] + 1:
+            j += 1
+        ranges.append(re.escape(chr(marks[i])) + (f"-{re.escape(chr(marks[j]))}" if j > i else ""))
+        i = j + 1
+    return re.compile(rf"(?:[^\W_]|[{''.join(ranges)}])+")
+
+
 _SPACE = np.array([chr(c).isspace() for c in range(_BMP)], dtype=bool)
 
 
@@ -54,8 +84,8 @@ def code_points(text: str) -> np.ndarray:
 class TextChars:
     """Is the character at each of these positions a word character / whitespace?
 
-    A word character is a Unicode letter or digit (``str.isalnum``); whitespace is
-    ``str.isspace``. Positions must lie inside the text.
+    A word character is a Unicode letter or digit or a combining mark (``is_word_char``);
+    whitespace is ``str.isspace``. Positions must lie inside the text.
     """
 
     def __init__(self, text: str) -> None:
@@ -74,7 +104,7 @@ class TextChars:
         return found
 
     def is_word(self, positions: np.ndarray) -> np.ndarray:
-        return self._lookup(positions, _ALNUM, str.isalnum)
+        return self._lookup(positions, _ALNUM, is_word_char)
 
     def is_space(self, positions: np.ndarray) -> np.ndarray:
         return self._lookup(positions, _SPACE, str.isspace)

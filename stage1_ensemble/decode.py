@@ -2,8 +2,9 @@
 
 Semantics: a character is positive when p >= threshold; maximal positive runs become spans;
 each span grows outward to whole words (a word is a maximal run of Unicode letters or
-digits), then loses leading and trailing whitespace; spans that then touch or overlap merge.
-A span's score is the mean character probability inside it.
+digits, a letter with its combining marks: decomposed text keeps its accents), then loses
+leading and trailing whitespace; spans that then touch or overlap merge. A span's score is
+the mean character probability inside it.
 """
 
 from __future__ import annotations

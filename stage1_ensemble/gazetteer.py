@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
-_WORD = re.compile(r"[^\W_]+")
+from stage1_ensemble.chars import word_regex
 
 
 class Gazetteer:
@@ -19,7 +18,7 @@ class Gazetteer:
         """``examples``: (class, text, start, end) of each training mention."""
         for cls, text, start, end in examples:
             mention = text[start:end].strip().lower()
-            words = len(_WORD.findall(mention))
+            words = len(word_regex().findall(mention))
             if words == 0:
                 continue
             self.terms.setdefault(cls, set()).add(mention)
@@ -30,7 +29,7 @@ class Gazetteer:
         terms = self.terms.get(cls)
         if not terms:
             return []
-        words = [m.span() for m in _WORD.finditer(text)]
+        words = [m.span() for m in word_regex().finditer(text)]
         lowered = text.lower()
         if len(lowered) != len(text):  # a few letters change length when lowered
             lowered = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)

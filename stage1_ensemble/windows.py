@@ -65,6 +65,8 @@ def check_coverage(texts: Sequence[str], windows: Windows) -> None:
 
 
 def _last_word_char(text: str) -> int:
+    # letters and digits only: a combining mark at the end (decomposed text) may belong to
+    # no token (XLM-R's offsets leave it out)
     for i in range(len(text) - 1, -1, -1):
         if text[i].isalnum():
             return i

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stage1_ensemble.chars import is_word_char
+
 
 def python_project(text: str, windows) -> list[float]:
     """Per character: mean of the covering tokens; uncovered: min of nearest neighbours."""
@@ -44,9 +46,9 @@ def python_decode(text: str, probs: list[float], threshold: float) -> list[tuple
         while i < len(text) and probs[i] >= threshold:
             i += 1
         e = i
-        while s > 0 and text[s].isalnum() and text[s - 1].isalnum():
+        while s > 0 and is_word_char(text[s]) and is_word_char(text[s - 1]):
             s -= 1
-        while e < len(text) and text[e - 1].isalnum() and text[e].isalnum():
+        while e < len(text) and is_word_char(text[e - 1]) and is_word_char(text[e]):
             e += 1
         while s < e and text[s].isspace():
             s += 1

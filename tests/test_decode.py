@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
 import pytest
 
@@ -62,6 +64,25 @@ def test_crlf_and_diacritics_of_several_languages():
         assert [text[s:e] for s, e, _ in spans] == [word]
     p = probs_for(text, ["durere\r\nţesut"])
     assert [text[s:e] for s, e, _ in decode_spans(text, p, 0.5)] == ["durere\r\nţesut"]
+
+
+def test_decomposed_diacritics_stay_with_their_letters():
+    # NFD, as some systems write files: "š" is "s" + U+030C, "ý" is "y" + U+0301
+    text = unicodedata.normalize("NFD", "pacient má rozšířený srdeční sval")
+    assert len(text) == 40
+    for word in ["rozšířený", "srdeční"]:
+        word = unicodedata.normalize("NFD", word)
+        i = text.index(word)
+        for lo, hi in [(0, 2), (3, 5), (4, 6), (len(word) - 2, len(word) - 1)]:
+            p = np.zeros(len(text), dtype=np.float32)
+            p[i + lo : i + hi] = 0.9  # a run that starts or ends at an accent, or inside
+            assert [text[s:e] for s, e, _ in decode_spans(text, p, 0.5)] == [word]
+    # XLM-R's offsets leave a word's final accent to no token: it stays with its word
+    text = unicodedata.normalize("NFD", "rozšířený sval")
+    assert text[11:13] == "y\u0301"
+    windows = [(np.array([[0, 11], [11, 12], [13, 18]]), np.array([0.9, 0.9, 0.1]))]
+    spans = decode_spans(text, project(text, windows), 0.5)
+    assert [text[s:e] for s, e, _ in spans] == [text[:13]]
 
 
 def test_touching_spans_merge_and_separate_spans_do_not():
@@ -185,7 +206,8 @@ def test_batch_projection_and_decoding_equal_one_text_at_a_time(chunk_chars, mon
 
 
 ALPHABET = ["a", "b", "Z", "7", "ţ", "š", "ä", "é", " ", " ", "\n", "\r\n", "\t", "-", ".",
-            ",", "\u00a0", "\U0001d400", "\U0001f600", "\x00"]  # 𝐀 is a letter, 😀 is not
+            ",", "\u00a0", "\U0001d400", "\U0001f600", "\x00",  # 𝐀 is a letter, 😀 is not
+            "\u030c", "\u0301", "\u0903", "\U0001d167"]  # combining marks (Mn, Mc; one astral)
 
 
 @pytest.mark.parametrize("seed", range(40))
