@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 class Backend(Protocol):
     name: str
+    # The longest prompt (in tokens) the model takes with its one answer token, or None
+    # when the backend cannot tell.
+    max_prompt_tokens: int | None
 
     def score_prompts(self, prompts: Sequence[PromptIds], yes_id: int, no_id: int,
                       ) -> list[float]: ...
@@ -53,6 +56,13 @@ class Scorer:
     Prompts the cache lacks go to the backend ``chunk_size`` at a time, and each chunk's
     scores are cached as soon as they come back: a run killed after hours of scoring keeps
     them. ``on_progress(done, total)``, if set, is called after each chunk.
+
+    The context shown is bounded (``max_context_tokens``), the mention is not: a run-away
+    stage-1 span of thousands of characters can make a prompt longer than the model takes,
+    which vLLM refuses (failing every candidate sent with it) and transformers would run
+    past its trained positions. Such a candidate is no mention the model can judge: it is
+    not sent, scores 0 (dropped at any stage-2 threshold), is counted in ``too_long`` and
+    logged. A context that alone does not fit is a setting to change: an error.
     """
 
     def __init__(self, backend: Backend, builder: PromptBuilder, *, identity: str,
@@ -63,6 +73,7 @@ class Scorer:
         self.identity = f"{identity}|{builder.template.name}|{builder.max_context_tokens}"
         self.chunk_size = chunk_size
         self.calls = 0  # prompts sent to the model (cache misses)
+        self.too_long = 0  # candidates not sent: their prompt does not fit the model
         self.on_progress: Callable[[int, int], None] | None = None
 
     def score(self, candidates: Sequence[Candidate]) -> list[float]:
@@ -72,6 +83,8 @@ class Scorer:
         keys = [p.digest() for p in prompts]
         scores: list[float | None] = (self.cache.get_many(self.identity, keys) if self.cache is not None
                                       else [None] * len(prompts))
+        for i in self._too_long(candidates, prompts):
+            scores[i] = 0.0
         missing = [i for i, s in enumerate(scores) if s is None]
         for lo in range(0, len(missing), self.chunk_size):
             part = missing[lo : lo + self.chunk_size]
@@ -88,6 +101,32 @@ class Scorer:
             if self.on_progress is not None:
                 self.on_progress(lo + len(part), len(missing))
         return [float(s) for s in scores]  # type: ignore[arg-type]
+
+    def _too_long(self, candidates: Sequence[Candidate], prompts: Sequence[PromptIds],
+                  ) -> list[int]:
+        limit = getattr(self.backend, "max_prompt_tokens", None)
+        if limit is None:
+            return []
+        lengths = [len(p.prefix) + len(p.suffix) for p in prompts]
+        over = [i for i, n in enumerate(lengths) if n > limit]
+        if not over:
+            return []
+        uses = self.builder.template.suffix.count("{mention}")
+        for i in over:  # the prompt without its mention must fit, or the settings are wrong
+            mention = uses * len(self.builder.tokenizer.encode(candidates[i].mention,
+                                                               add_special_tokens=False))
+            if lengths[i] - mention > limit:
+                raise ValueError(f"the model takes prompts of at most {limit} tokens, but one "
+                                 f"without its mention takes {lengths[i] - mention}; lower "
+                                 f"max_context_tokens (now {self.builder.max_context_tokens}) "
+                                 "or give the model a longer context")
+        self.too_long += len(over)
+        c = candidates[over[0]]
+        logger.warning("%d candidate(s) make prompts longer than the model takes (%d tokens) "
+                       "and are dropped without asking it (score 0); the first: document %r, "
+                       "%s at %d-%d, %d characters, a prompt of %d tokens", len(over), limit,
+                       c.doc_id, c.label, c.start, c.end, c.end - c.start, lengths[over[0]])
+        return over
 
 
 def load_tokenizer(model: str | Path, tokenizer: str | Path | None = None):

@@ -26,6 +26,9 @@ def cand(word: str, label: str, text: str = TEXT) -> Candidate:
 
 CANDS = [cand("diabetes mellitus", "DISEASE"), cand("fiebre", "SYMPTOM"),
          cand("dolor torácico", "SYMPTOM"), cand("alta", "DISEASE")]
+# a run-away stage-1 span: its prompt is longer than the tiny model's 4,096 positions
+_LONG = TEXT + " " + "dolor " * 3000
+RUNAWAY = Candidate(_LONG, len(TEXT) + 1, len(_LONG) - 1, "SYMPTOM", "d2")
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +167,29 @@ def test_bad_candidates_are_clear_errors_and_nothing_is_cached(llm_dir, tmp_path
     assert len(scorer.cache) == 0 and scorer.calls == 0
 
 
+def test_prompts_longer_than_the_model_takes_are_not_sent_and_score_zero(llm_dir, tmp_path,
+                                                                       caplog):
+    scorer = load_scorer("hf", llm_dir, cache_dir=tmp_path)
+    assert scorer.backend.max_prompt_tokens == 4096  # the tiny model's positions
+    batch = [CANDS[0], RUNAWAY, CANDS[1]]
+    lengths = [len(p.ids) for p in scorer.builder.build(batch)]
+    assert lengths[1] > 4096 > max(lengths[0], lengths[2])
+    sent = []
+    real = scorer.backend.score_prompts
+    scorer.backend.score_prompts = lambda ps, y, n: sent.append(len(ps)) or real(ps, y, n)
+    with caplog.at_level("WARNING"):
+        scores = scorer.score(batch)
+    assert sent == [2] and scorer.calls == 2 and scorer.too_long == 1
+    assert scores[1] == 0.0
+    assert scores[::2] == pytest.approx(load_scorer("hf", llm_dir).score(batch[::2]), abs=1e-6)
+    assert "document 'd2', SYMPTOM at" in caplog.text and "score 0" in caplog.text
+    assert len(scorer.cache) == 2  # a score the model did not give is not cached
+    # a context that does not fit even without a mention is a setting to change
+    scorer.backend.max_prompt_tokens = lengths[0] - 10
+    with pytest.raises(ValueError, match="lower max_context_tokens"):
+        scorer.score(CANDS[:1])
+
+
 def test_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_scorer("hf", tmp_path / "no-model")
@@ -172,13 +198,26 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 class FakeServer:
     """A vLLM-like /v1/completions on 127.0.0.1 whose answers depend on the prompt ids."""
 
-    def __init__(self, *, delay: float = 0.0, die_after: int | None = None) -> None:
+    def __init__(self, *, delay: float = 0.0, die_after: int | None = None,
+                 models: list | None = None) -> None:
         self.requests, self.delay, self.die_after = 0, delay, die_after
+        self.gets = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # quiet
                 pass
+
+            def do_GET(self):
+                outer.gets += 1
+                if models is None or self.path != "/v1/models":
+                    self.send_error(404)
+                    return
+                data = json.dumps({"object": "list", "data": models}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_POST(self):
                 outer.requests += 1
@@ -247,6 +286,23 @@ def test_openai_backend_times_out_retries_and_survives_a_dying_replica():
         assert dying.requests >= 2  # it answered once, then failed and the other took over
     finally:
         for s in (slow, dying, good):
+            s.close()
+
+
+def test_openai_backend_learns_the_context_length_from_the_servers():
+    listed = [{"id": "other", "max_model_len": 99}, {"id": "m", "max_model_len": 2048}]
+    a, b = FakeServer(models=listed), FakeServer(models=[{"id": "m", "max_model_len": 4096}])
+    bare = FakeServer()  # lists nothing (404), as a server that is not vLLM may
+    try:
+        assert OpenAIBackend("m", urls=[a.url, b.url]).max_prompt_tokens == 2047
+        assert OpenAIBackend("m", urls=[bare.url, b.url]).max_prompt_tokens == 4095
+        assert OpenAIBackend("m", urls=[bare.url]).max_prompt_tokens is None
+        assert OpenAIBackend("m", urls=[bare.url], max_prompt_tokens=100).max_prompt_tokens == 100
+        before, backend = a.gets, OpenAIBackend("m", urls=[a.url])
+        assert backend.max_prompt_tokens == backend.max_prompt_tokens == 2047
+        assert a.gets == before + 1  # asked once
+    finally:
+        for s in (a, b, bare):
             s.close()
 
 

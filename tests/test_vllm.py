@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from stage2_rerank import load_scorer
-from tests.test_stage2 import CANDS
+from tests.test_stage2 import CANDS, RUNAWAY
 from tests.tiny_llm import tiny_llama
 
 pytestmark = pytest.mark.vllm
@@ -98,3 +98,13 @@ def test_openai_server_agrees_with_hf(server_url, tiny_llm, hf_scores):
     # again, the message tells whether the server repeats it.
     assert scores == pytest.approx(hf_scores, abs=1e-3), \
         f"server {scores}, again {scorer.score(CANDS)}, hf {hf_scores}"
+
+
+def test_prompts_past_max_model_len_score_zero_instead_of_failing_the_batch(
+        engine_scorer, server_url, tiny_llm, hf_scores):
+    served = load_scorer("openai", tiny_llm, urls=[server_url], served_model=str(tiny_llm))
+    for scorer in (engine_scorer, served):
+        assert scorer.backend.max_prompt_tokens == 4095  # max_model_len 4096, less the answer
+        scores = scorer.score([CANDS[0], RUNAWAY])
+        assert scores[1] == 0.0 and scorer.too_long == 1
+        assert scores[0] == pytest.approx(hf_scores[0], abs=1e-3)

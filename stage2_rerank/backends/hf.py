@@ -30,6 +30,9 @@ class HFBackend:
         self.base = self.model.get_decoder()
         self.head = self.model.get_output_embeddings()
         self.reuse_prefix = reuse_prefix
+        # the answer is read at the prompt's last position: no position past the trained ones
+        self.max_prompt_tokens: int | None = getattr(self.model.config,
+                                                     "max_position_embeddings", None)
         self.suffix_batch = suffix_batch
 
     def _answer_logits(self, hidden: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:

@@ -28,7 +28,8 @@ class OpenAIBackend:
 
     def __init__(self, model: str, *, urls: Sequence[str] = ("http://127.0.0.1:8000",),
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5,
-                 batch_size: int = 16, concurrency: int = 8) -> None:
+                 batch_size: int = 16, concurrency: int = 8,
+                 max_prompt_tokens: int | None = None) -> None:
         if not urls:
             raise ValueError("the openai backend needs at least one server URL")
         self.model = model
@@ -37,6 +38,29 @@ class OpenAIBackend:
         self.batch_size, self.concurrency = batch_size, concurrency
         self._next = itertools.cycle(range(len(self.urls)))
         self._lock = threading.Lock()
+        self._limit, self._limit_known = max_prompt_tokens, max_prompt_tokens is not None
+
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        """As given, or from the servers' ``/v1/models`` (vLLM lists each model's
+        ``max_model_len``; the smallest over the replicas, less the answer token), asked
+        once; None when no server tells."""
+        if not self._limit_known:
+            self._limit_known = True
+            found = [n - 1 for n in map(self._served_length, self.urls) if n is not None]
+            self._limit = min(found) if found else None
+        return self._limit
+
+    def _served_length(self, url: str) -> int | None:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=self.timeout) as resp:
+                listed = json.loads(resp.read()).get("data", [])
+        except (OSError, ValueError, AttributeError) as exc:
+            logger.info("%s/v1/models tells no context length (%s)", url, exc)
+            return None
+        lengths = [m.get("max_model_len") for m in listed
+                   if isinstance(m, dict) and m.get("id") == self.model]
+        return lengths[0] if lengths and isinstance(lengths[0], int) else None
 
     def _pick(self) -> int:
         with self._lock:

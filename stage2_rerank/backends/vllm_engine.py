@@ -45,6 +45,9 @@ class VLLMBackend:
             engine_options.setdefault("enforce_eager", True)
         self.llm = LLM(model=str(model), enable_prefix_caching=enable_prefix_caching,
                        max_model_len=max_model_len, dtype=dtype, seed=seed, **engine_options)
+        # vLLM refuses a prompt unless it and the answer token fit in max_model_len
+        config = getattr(self.llm, "model_config", None)
+        self.max_prompt_tokens = int(getattr(config, "max_model_len", max_model_len)) - 1
 
     def score_prompts(self, prompts: Sequence[PromptIds], yes_id: int, no_id: int,
                       ) -> list[float]:
