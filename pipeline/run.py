@@ -20,7 +20,7 @@ from pipeline.documents import Document, Span
 from pipeline.errors import PipelineError
 from pipeline.predict import needs_llm, two_stages
 from pipeline.thresholds import Thresholds
-from pipeline.writers import atomic_write, jsonl_record, write_corpus
+from pipeline.writers import atomic_write, folder_lock, jsonl_record, write_corpus
 
 logger = logging.getLogger(__name__)
 FORMATS = ("tsv", "jsonl", "brat")
@@ -134,44 +134,45 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
     """Run both stages over ``docs``, resuming from the parts already in ``out``."""
     out = Path(out)
     check_formats(formats)
-    check_settings(out, settings)
-    parts = out / "parts"
-    parts.mkdir(exist_ok=True)
-    summary = RunSummary()
-    mine = (d for d in docs if in_shard(d.id, shard))
-    for k, chunk in enumerate(chunked(mine, chunk_size)):
-        part = parts / f"{k:06d}.jsonl"
-        if part.exists():  # done before a crash: keep it
-            for line in part.read_text(encoding="utf-8").splitlines():
-                summary.add(json.loads(line))
-            continue
-        try:
-            records = process_chunk(chunk, ensemble=ensemble, scorer=scorer,
-                                    thresholds=thresholds, char_cache=char_cache, summary=summary)
-        except (ValueError, RuntimeError) as exc:  # one bad document must not sink the chunk
-            logger.warning("chunk %d failed (%s); retrying its documents one by one", k, exc)
-            records = []
-            for doc in chunk:
-                try:
-                    records += process_chunk([doc], ensemble=ensemble, scorer=scorer,
-                                             thresholds=thresholds, char_cache=char_cache,
-                                             summary=summary)
-                except (ValueError, RuntimeError) as one:
-                    records.append({"id": doc.id, "status": "failed", "reason": str(one),
-                                    "text": doc.text, "spans": []})
-        atomic_write(part, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        for r in records:
-            summary.add(r)
-        if on_chunk:
-            on_chunk(summary, len(chunk))
-    for doc_id, reason in unreadable:  # each shard reports its own
-        if in_shard(doc_id, shard):
-            summary.failed.append((doc_id, reason))
-    t = time.perf_counter()
-    assemble(out, [out], formats)
-    summary.seconds["other"] += time.perf_counter() - t
-    atomic_write(out / "summary.json", json.dumps(summary.as_dict(), indent=2))
-    return summary
+    with folder_lock(out, "pipeline run"):
+        check_settings(out, settings)
+        parts = out / "parts"
+        parts.mkdir(exist_ok=True)
+        summary = RunSummary()
+        mine = (d for d in docs if in_shard(d.id, shard))
+        for k, chunk in enumerate(chunked(mine, chunk_size)):
+            part = parts / f"{k:06d}.jsonl"
+            if part.exists():  # done before a crash: keep it
+                for line in part.read_text(encoding="utf-8").splitlines():
+                    summary.add(json.loads(line))
+                continue
+            try:
+                records = process_chunk(chunk, ensemble=ensemble, scorer=scorer,
+                                        thresholds=thresholds, char_cache=char_cache, summary=summary)
+            except (ValueError, RuntimeError) as exc:  # one bad document must not sink the chunk
+                logger.warning("chunk %d failed (%s); retrying its documents one by one", k, exc)
+                records = []
+                for doc in chunk:
+                    try:
+                        records += process_chunk([doc], ensemble=ensemble, scorer=scorer,
+                                                 thresholds=thresholds, char_cache=char_cache,
+                                                 summary=summary)
+                    except (ValueError, RuntimeError) as one:
+                        records.append({"id": doc.id, "status": "failed", "reason": str(one),
+                                        "text": doc.text, "spans": []})
+            atomic_write(part, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            for r in records:
+                summary.add(r)
+            if on_chunk:
+                on_chunk(summary, len(chunk))
+        for doc_id, reason in unreadable:  # each shard reports its own
+            if in_shard(doc_id, shard):
+                summary.failed.append((doc_id, reason))
+        t = time.perf_counter()
+        assemble(out, [out], formats)
+        summary.seconds["other"] += time.perf_counter() - t
+        atomic_write(out / "summary.json", json.dumps(summary.as_dict(), indent=2))
+        return summary
 
 
 # Settings that decide what a run writes; shards merged together must agree on them.
@@ -214,16 +215,17 @@ def merge_shards(out: Path, folders: Sequence[Path], formats: Sequence[str]) -> 
         raise PipelineError(f"shards of /{n}: " + "; ".join(
             ([f"given twice: {', '.join(map(str, doubled))}"] if doubled else []) +
             ([f"missing: {', '.join(map(str, missing))}"] if missing else [])))
-    assemble(out, folders, formats, sort=True)
-    total = {key: sum(s[key] for s in summaries)
-             for key in ("written", "empty", "failed", "candidates", "llm_calls", "kept_spans")}
-    total["failures"] = sorted((f for s in summaries for f in s["failures"]),
-                               key=lambda f: f["id"])
-    total["seconds"] = {k: round(sum(s["seconds"].get(k, 0.0) for s in summaries), 3)
-                        for k in summaries[0]["seconds"]}
-    total["shards"] = n
-    atomic_write(out / "summary.json", json.dumps(total, indent=2))
-    return total
+    with folder_lock(out, "pipeline merge"):
+        assemble(out, folders, formats, sort=True)
+        total = {key: sum(s[key] for s in summaries)
+                 for key in ("written", "empty", "failed", "candidates", "llm_calls", "kept_spans")}
+        total["failures"] = sorted((f for s in summaries for f in s["failures"]),
+                                   key=lambda f: f["id"])
+        total["seconds"] = {k: round(sum(s["seconds"].get(k, 0.0) for s in summaries), 3)
+                            for k in summaries[0]["seconds"]}
+        total["shards"] = n
+        atomic_write(out / "summary.json", json.dumps(total, indent=2))
+        return total
 
 
 def iter_records(folders: Sequence[Path]) -> Iterator[dict]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from pipeline.documents import CLASSES, Document, Span
 from pipeline.errors import PipelineError
 from pipeline.metrics import evaluate
+from pipeline.writers import folder_lock
 from stage1_ensemble.config import InferenceConfig, TrainConfig
 from stage1_ensemble.decode import decode_batch
 from stage1_ensemble.ensemble import (
@@ -84,34 +85,35 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
     config = config or TrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    corpus_hash = data_hash([(d.id, d.text, [(s.label, s.start, s.end) for s in d.spans])
-                             for d in docs])
-    manifest_path = out / "ensemble.json"
-    if manifest_path.exists():
-        old = Manifest.model_validate_json(manifest_path.read_text())
-        if old.data_hash != corpus_hash:
-            raise ValueError(f"{manifest_path}: was trained on other data "
-                             f"({old.data_hash} vs {corpus_hash}); use another --out")
-    empty = [c for c in classes
-             if not any(s.label == c for d in docs if d.entity_class in (None, c) for s in d.spans)]
-    if empty:  # members would learn that nothing is ever a mention
-        raise PipelineError(f"no gold {', '.join(empty)} spans in the training documents; "
-                            "choose the classes the corpus annotates (--classes)")
-    check_encoders([e for e in dict.fromkeys(encoders)
-                    if any(not member_file(out, member_name(c, e, f)).exists()
-                           for c in classes for f in range(n_folds))], config)
-    members: list[Member] = []
-    for cls in classes:
-        cls_docs = [d for d in docs if d.entity_class in (None, cls)]
-        for encoder in encoders:
-            for fold in range(n_folds):
-                name = member_name(cls, encoder, fold)
-                member = train_one(name, cls, encoder, fold, n_folds, cls_docs, out, config,
-                                   group_pattern, on_member)
-                members.append(member)
-                write_manifest(out, Manifest(classes=list(classes), members=members,
-                                             data_hash=corpus_hash))
-    return Manifest(classes=list(classes), members=members, data_hash=corpus_hash)
+    with folder_lock(out, "pipeline train"):
+        corpus_hash = data_hash([(d.id, d.text, [(s.label, s.start, s.end) for s in d.spans])
+                                 for d in docs])
+        manifest_path = out / "ensemble.json"
+        if manifest_path.exists():
+            old = Manifest.model_validate_json(manifest_path.read_text())
+            if old.data_hash != corpus_hash:
+                raise ValueError(f"{manifest_path}: was trained on other data "
+                                 f"({old.data_hash} vs {corpus_hash}); use another --out")
+        empty = [c for c in classes
+                 if not any(s.label == c for d in docs if d.entity_class in (None, c) for s in d.spans)]
+        if empty:  # members would learn that nothing is ever a mention
+            raise PipelineError(f"no gold {', '.join(empty)} spans in the training documents; "
+                                "choose the classes the corpus annotates (--classes)")
+        check_encoders([e for e in dict.fromkeys(encoders)
+                        if any(not member_file(out, member_name(c, e, f)).exists()
+                               for c in classes for f in range(n_folds))], config)
+        members: list[Member] = []
+        for cls in classes:
+            cls_docs = [d for d in docs if d.entity_class in (None, cls)]
+            for encoder in encoders:
+                for fold in range(n_folds):
+                    name = member_name(cls, encoder, fold)
+                    member = train_one(name, cls, encoder, fold, n_folds, cls_docs, out, config,
+                                       group_pattern, on_member)
+                    members.append(member)
+                    write_manifest(out, Manifest(classes=list(classes), members=members,
+                                                 data_hash=corpus_hash))
+        return Manifest(classes=list(classes), members=members, data_hash=corpus_hash)
 
 
 def member_name(cls: str, encoder: str, fold: int) -> str:

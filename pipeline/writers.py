@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 from pipeline.documents import Document, Span
+from pipeline.errors import PipelineError
 from pipeline.readers import TSV_COLUMNS, file_stem, fold_breaks
 
 
@@ -61,6 +63,50 @@ def atomic_write(path: Path, content: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+LOCK_NAME = ".lock"
+_HELD: set[Path] = set()  # folders this process holds (a lock taken twice is held once)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold ``folder`` for this process (``what`` names the job in the error another gets)
+    while the block runs; a second process that wants it (a job started again while the
+    first still runs) is refused with a clear error instead of writing into the same files.
+    The operating system releases the lock when the process ends, however it ends, so a
+    crash leaves nothing to clean up."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _HELD:
+        yield
+        return
+    path = folder / LOCK_NAME
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no lock
+            yield
+            return
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            pid, _, job = handle.read().strip().partition(" ")
+            holder = f"{job or 'another process'} (process {pid})" if pid else "another process"
+            raise PipelineError(f"{folder} is in use by {holder}; wait for it to finish or "
+                                "choose another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()} {what}")
+        handle.flush()
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def write_tsv(docs: Iterable[Document], path: Path) -> int:

@@ -150,6 +150,47 @@ def test_shards_together_equal_one_run(tmp_path, tiny_ensemble):
     assert not (tmp_path / "refused").exists()
 
 
+HOLD = """import sys, time
+from pipeline.writers import folder_lock
+with folder_lock(sys.argv[1], "test job"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_folder_in_use_by_another_process_is_refused_until_that_process_ends(tmp_path,
+                                                                               tiny_ensemble):
+    from pipeline.run import merge_shards
+    from pipeline.training import train_ensemble
+    from pipeline.writers import folder_lock
+
+    make_corpus(tmp_path / "corpus", n=2, broken=False)
+    run(tmp_path, tiny_ensemble, out="done")
+    holders = {}
+    try:
+        for name in ("out", "merged", "ensemble"):
+            holders[name] = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / name)],
+                                             stdout=subprocess.PIPE, text=True)
+            assert holders[name].stdout.readline().strip() == "held"
+        in_use = r"{} is in use by test job \(process {}\); wait for it to finish"
+        with pytest.raises(PipelineError, match=in_use.format("out", holders["out"].pid)):
+            run(tmp_path, tiny_ensemble)
+        assert not (tmp_path / "out" / "run.json").exists()
+        with pytest.raises(PipelineError, match=in_use.format("merged", holders["merged"].pid)):
+            merge_shards(tmp_path / "merged", [tmp_path / "done"], ["tsv"])
+        with pytest.raises(PipelineError, match=in_use.format("ensemble",
+                                                              holders["ensemble"].pid)):
+            train_ensemble([], out=tmp_path / "ensemble", encoders=["any"])
+    finally:
+        for proc in holders.values():
+            proc.kill()  # no clean-up of its own: the system releases the lock
+            proc.wait()
+    assert run(tmp_path, tiny_ensemble).written == 2
+    assert merge_shards(tmp_path / "merged", [tmp_path / "done"], ["tsv"])["written"] == 2
+    with folder_lock(tmp_path / "out", "one"), folder_lock(tmp_path / "out", "two"):
+        pass  # one process may take its own folder again
+
+
 def test_killed_runs_resume_to_identical_outputs(tmp_path, tiny_ensemble):
     """SIGKILL `pipeline run` at random moments; the finished outputs equal a clean run's."""
     make_corpus(tmp_path / "corpus", n=150)
