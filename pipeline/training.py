@@ -102,6 +102,8 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
         check_encoders([e for e in dict.fromkeys(encoders)
                         if any(not member_file(out, member_name(c, e, f)).exists()
                                for c in classes for f in range(n_folds))], config)
+        planned = [member_name(c, e, f) for c in classes for e in encoders
+                   for f in range(n_folds)]
         members: list[Member] = []
         for cls in classes:
             cls_docs = [d for d in docs if d.entity_class in (None, cls)]
@@ -112,8 +114,26 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
                                        group_pattern, on_member)
                     members.append(member)
                     write_manifest(out, Manifest(classes=list(classes), members=members,
-                                                 data_hash=corpus_hash))
-        return Manifest(classes=list(classes), members=members, data_hash=corpus_hash)
+                                                 data_hash=corpus_hash, planned=planned))
+        return Manifest(classes=list(classes), members=members, data_hash=corpus_hash,
+                        planned=planned)
+
+
+# Settings that change how a member is logged, not what it learns.
+LOGGING_ONLY = {"logging_steps"}
+
+
+def kept_member_changes(member: Member, n_folds: int, config: TrainConfig) -> list[str]:
+    """How a finished member's training differs from the one asked for now."""
+    changes = [f"--folds {member.n_folds}, now {n_folds}"] if member.n_folds != n_folds else []
+    try:
+        then = TrainConfig.model_validate(member.config).model_dump()
+    except ValueError:
+        return changes + [f"a recipe this version does not read: {member.config}"]
+    now = config.model_dump()
+    changes += [f"{key} {then[key]}, now {now[key]}" for key in sorted(now)
+                if key not in LOGGING_ONLY and then[key] != now[key]]
+    return changes
 
 
 def member_name(cls: str, encoder: str, fold: int) -> str:
@@ -166,6 +186,11 @@ def train_one(name: str, cls: str, encoder: str, fold: int, n_folds: int,
     held_out = [d for d in docs if n_folds > 1 and fold_of(d.id, n_folds, group_pattern) == fold]
     if done.exists():  # finished before a crash or an earlier run: keep it
         member = Member.model_validate_json(done.read_text())
+        changed = kept_member_changes(member, n_folds, config)
+        if changed:  # keeping it would mix members of two recipes or two fold splits
+            raise PipelineError(f"{done}: this member was trained with other settings "
+                                f"({'; '.join(changed)}); train into another --out, or "
+                                f"delete {member_dir} to train it again")
         if held_out and "best_threshold" not in member.validation:
             # trained by a version that scored one threshold only: score the grid now
             member.validation = validate_member(out / member.path, held_out, cls)

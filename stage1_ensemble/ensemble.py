@@ -58,10 +58,19 @@ class Manifest(BaseModel):
     classes: list[str]
     members: list[Member]
     data_hash: str  # of the training corpus
+    # Every member the training command makes, finished or not (empty in manifests written
+    # before it was recorded): the manifest lists members as they finish, so that one
+    # with fewer is a training that has not finished, not a smaller ensemble.
+    planned: list[str] = Field(default_factory=list)
 
     def identity(self) -> str:
         """A hash that changes when any member or weight changes (the cache key)."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        return hashlib.sha256(self.model_dump_json(exclude={"planned"}).encode()).hexdigest()[:16]
+
+    def unfinished(self) -> list[str]:
+        """The planned members that are not in the manifest (yet)."""
+        done = {m.name for m in self.members}
+        return [name for name in self.planned if name not in done]
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -92,6 +101,12 @@ class Ensemble:
     @classmethod
     def load(cls, folder: Path, config: InferenceConfig | None = None) -> Ensemble:
         manifest = read_manifest(folder)
+        missing = manifest.unfinished()
+        if missing:  # a smaller ensemble than the one asked for, used without a word
+            raise ValueError(f"{Path(folder) / MANIFEST}: its training has not finished: "
+                             f"{len(missing)} of {len(manifest.planned)} members missing "
+                             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
+                             "run the same `pipeline train` command again to finish it")
         for m in manifest.members:
             path = Path(folder) / m.path
             if not path.is_dir():

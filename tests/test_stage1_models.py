@@ -49,12 +49,53 @@ def test_tiny_model_overfits_and_survives_reload(overfit_ensemble):
 
 
 def test_training_resumes_by_keeping_finished_members(overfit_ensemble, tmp_path):
+    from pipeline.errors import PipelineError
+
     seen = []
-    encoder = json.loads((overfit_ensemble / "ensemble.json").read_text())["members"][0]["encoder"]
-    train_ensemble(two_docs(), out=overfit_ensemble, encoders=[encoder],
-                   classes=["DISEASE"], on_member=lambda name, what: seen.append(what))
+    member = json.loads((overfit_ensemble / "ensemble.json").read_text())["members"][0]
+    encoder = member["encoder"]
+    recipe = TrainConfig(**{**member["config"], "logging_steps": 7})  # logging changes nothing
+    train_ensemble(two_docs(), out=overfit_ensemble, encoders=[encoder], classes=["DISEASE"],
+                   config=recipe, on_member=lambda name, what: seen.append(what))
     manifest = json.loads((overfit_ensemble / "ensemble.json").read_text())
     assert seen == ["kept"] and len(manifest["members"]) == 1
+    # a member of another recipe or fold split is not kept as if it were of this one
+    for config, folds, change in [(TrainConfig(), 1, "max_steps 120, now 2000"),
+                                  (recipe, 2, "--folds 1, now 2")]:
+        with pytest.raises(PipelineError, match=rf"trained with other settings \(.*{change}"):
+            train_ensemble(two_docs(), out=overfit_ensemble, encoders=[encoder],
+                           classes=["DISEASE"], config=config, n_folds=folds)
+    assert json.loads((overfit_ensemble / "ensemble.json").read_text()) == manifest
+
+
+def test_an_ensemble_whose_training_has_not_finished_is_refused(tmp_path):
+    from tests.tiny_models import tiny_bert_encoder
+
+    encoder = tiny_bert_encoder(tmp_path / "encoder")
+    config = TrainConfig(max_steps=1, warmup_steps=0, batch_size=2, max_length=64, stride=8)
+    out = tmp_path / "ens"
+
+    class Killed(Exception):
+        pass
+
+    def killed_at_the_second(name, what):
+        if what == "training" and name.endswith("f1"):
+            raise Killed  # as if the process died while training it
+    with pytest.raises(Killed):
+        train_ensemble(one_document_a_fold(), out=out, encoders=[str(encoder)],
+                       classes=["DISEASE"], n_folds=2, config=config,
+                       on_member=killed_at_the_second)
+    manifest = json.loads((out / "ensemble.json").read_text())
+    assert len(manifest["members"]) == 1 and len(manifest["planned"]) == 2
+    with pytest.raises(ValueError, match=r"training has not finished: 1 of 2 members missing "
+                                         r"\(disease-encoder-f1\); run the same"):
+        Ensemble.load(out)
+    train_ensemble(one_document_a_fold(), out=out, encoders=[str(encoder)], classes=["DISEASE"],
+                   n_folds=2, config=config)
+    assert len(Ensemble.load(out).manifest.members) == 2
+    # the plan is no part of the identity: caches and thresholds of older manifests hold
+    finished = Ensemble.load(out).manifest
+    assert finished.identity() == finished.model_copy(update={"planned": []}).identity()
 
 
 def test_validation_scores_the_default_threshold_and_finds_the_best(overfit_ensemble):
@@ -68,14 +109,19 @@ def test_validation_scores_the_default_threshold_and_finds_the_best(overfit_ense
     assert scores["best_char_f1"] >= scores["char_f1"]
 
 
+def one_document_a_fold() -> list[Document]:
+    """The two documents, named so that each of two folds holds one: each member then has
+    a held-out document and one to train on."""
+    ids = {fold_of(f"case{i}", 2): f"case{i}" for i in range(20)}
+    return [Document(ids[f], text, spans=[Span(ids[f], "DISEASE", s.start, s.end)
+                                          for s in doc.spans])
+            for f, (text, doc) in enumerate(zip(SENTENCES, two_docs()))]
+
+
 def test_resumed_training_scores_the_threshold_grid_of_older_members(tmp_path):
     from tests.tiny_models import tiny_bert_encoder
 
-    # one document in each of two folds, so that each member has a held-out document
-    ids = {fold_of(f"case{i}", 2): f"case{i}" for i in range(20)}
-    docs = [Document(ids[f], text, spans=[Span(ids[f], "DISEASE", s.start, s.end)
-                                          for s in doc.spans])
-            for f, (text, doc) in enumerate(zip(SENTENCES, two_docs()))]
+    docs = one_document_a_fold()
     encoder = tiny_bert_encoder(tmp_path / "encoder")
     config = TrainConfig(max_steps=1, warmup_steps=0, batch_size=2, max_length=64, stride=8)
     out = tmp_path / "ens"
