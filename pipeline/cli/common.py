@@ -13,6 +13,13 @@ import typer
 InferenceConfigOption = Annotated[Path | None, typer.Option(
     help="InferenceConfig JSON for the ensemble (batch_size, device, bf16, compile, "
          "width_multiple, max_length, stride; unknown keys fail).")]
+LlmBackendOption = Annotated[str | None, typer.Option(
+    help="vllm (in-process), openai (servers by --llm-url) or hf. Default: openai with "
+         "--llm-url, else vllm where installed, else hf.")]
+LlmUrlOption = Annotated[list[str] | None, typer.Option(
+    help="vLLM server URL; repeat for replicas.")]
+CacheDirOption = Annotated[Path | None, typer.Option(
+    help="Character-probability and LLM-score cache (default: ENSEMBLE/cache).")]
 
 
 def progress_display():

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
-from pipeline.cli.common import InferenceConfigOption, follow_llm, progress_display
+from pipeline.cli.common import (
+    CacheDirOption,
+    InferenceConfigOption,
+    LlmBackendOption,
+    LlmUrlOption,
+    follow_llm,
+    progress_display,
+)
 
 
 @app.command("run")
@@ -19,20 +26,19 @@ def run_command(
     output: Annotated[Path, typer.Option(help="Output folder (parts, predictions, summary).")],
     llm: Annotated[str | None, typer.Option(help="Re-ranker model folder; none: the ensemble "
                                                  "alone.")] = None,
-    llm_backend: Annotated[str | None, typer.Option(
-        help="vllm (in-process), openai (servers by --llm-url) or hf. Default: openai "
-             "with --llm-url, else vllm where installed, else hf.")] = None,
-    llm_url: Annotated[list[str] | None, typer.Option(help="vLLM server URL; repeat for "
-                                                           "replicas.")] = None,
-    stage1_threshold: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.6,
-    stage2_threshold: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
+    llm_backend: LlmBackendOption = None,
+    llm_url: LlmUrlOption = None,
+    stage1_threshold: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Ensemble probability a candidate needs (lower: more "
+                               "recall).")] = 0.6,
+    stage2_threshold: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="LLM P(yes) a candidate needs to be kept.")] = 0.5,
     thresholds: Annotated[Path | None, typer.Option(help="Per-class thresholds from `pipeline "
                                                          "tune` (override the two above).")] = None,
     format: Annotated[str, typer.Option(help="Comma-separated: tsv, jsonl, brat.")] = "tsv,jsonl",
     shard: Annotated[str, typer.Option(help="i/n: this machine's share of the corpus.")] = "0/1",
     chunk_size: Annotated[int, typer.Option(min=1, help="Documents per batch.")] = 16,
-    cache_dir: Annotated[Path | None, typer.Option(help="Character-probability and LLM-score "
-                                                        "cache (default: ENSEMBLE/cache).")] = None,
+    cache_dir: CacheDirOption = None,
     texts: Annotated[Path | None, typer.Option(help="Text folder of a TSV input.")] = None,
     inference_config: InferenceConfigOption = None,
 ) -> None:

@@ -10,7 +10,13 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
-from pipeline.cli.common import InferenceConfigOption, llm_progress
+from pipeline.cli.common import (
+    CacheDirOption,
+    InferenceConfigOption,
+    LlmBackendOption,
+    LlmUrlOption,
+    llm_progress,
+)
 from pipeline.errors import PipelineError
 
 Subset = Annotated[str, typer.Option(help="i/n: use only this share of the gold documents "
@@ -46,14 +52,14 @@ def tune_command(
     gold: Annotated[Path, typer.Option(help="Gold corpus to tune on.")],
     out: Annotated[Path, typer.Option(help="thresholds.json to write (a heat map PNG beside).")],
     llm: Annotated[str | None, typer.Option(help="Re-ranker model; none: stage 1 only.")] = None,
-    llm_backend: Annotated[str | None, typer.Option()] = None,
-    llm_url: Annotated[list[str] | None, typer.Option()] = None,
+    llm_backend: LlmBackendOption = None,
+    llm_url: LlmUrlOption = None,
     objective: Annotated[str, typer.Option(help="char_f1 or strict_f1.")] = "char_f1",
     route_tolerance: Annotated[float, typer.Option(help="Objective that routing may lose.")] = 0.0,
     subset: Subset = "0/1",
     t1_grid: Annotated[str | None, typer.Option(
         help="Stage-1 thresholds to try, comma-separated (default 0.30 to 0.95 by 0.05).")] = None,
-    cache_dir: Annotated[Path | None, typer.Option()] = None,
+    cache_dir: CacheDirOption = None,
     inference_config: InferenceConfigOption = None,
 ) -> None:
     """Sweep both thresholds jointly per class; write thresholds.json with the figures."""
@@ -100,10 +106,10 @@ def ablate_command(
     thresholds: Annotated[Path, typer.Option(help="thresholds.json from `pipeline tune`.")],
     out: Annotated[Path, typer.Option(help="Folder for ablation.md, ablation.json, pr.png.")],
     llm: Annotated[str | None, typer.Option(help="Re-ranker model.")] = None,
-    llm_backend: Annotated[str | None, typer.Option()] = None,
-    llm_url: Annotated[list[str] | None, typer.Option()] = None,
+    llm_backend: LlmBackendOption = None,
+    llm_url: LlmUrlOption = None,
     subset: Subset = "0/1",
-    cache_dir: Annotated[Path | None, typer.Option()] = None,
+    cache_dir: CacheDirOption = None,
     inference_config: InferenceConfigOption = None,
 ) -> None:
     """Ensemble alone (paper's 0.8, tuned) vs re-ranked, per language × class, with counts."""
