@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from pipeline.documents import CLASSES, DEFAULT_LABEL_MAP, Document, Span
 from pipeline.errors import CorpusError, ReadReport
+from stage1_ensemble.chars import text_problem
 
 logger = logging.getLogger(__name__)
 
@@ -292,6 +293,10 @@ def _document_object(line: str) -> tuple[object, str | None]:
         return obj, "needs 'id' and 'text'"
     if not isinstance(obj["text"], str):
         return obj, "'text' must be a string"
+    for key in ("id", "text"):
+        problem = text_problem(obj[key]) if isinstance(obj[key], str) else None
+        if problem:
+            return obj, f"its {key!r} {problem}"
     return obj, None
 
 

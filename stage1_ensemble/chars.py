@@ -77,6 +77,22 @@ def running_total(values: np.ndarray, dtype) -> np.ndarray:
     return torch.cumsum(torch.from_numpy(np.ascontiguousarray(values)), 0, dtype=out).numpy()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(text: object) -> str | None:
+    """Why ``text`` cannot be tokenized (None when it can): not a string, or a lone
+    surrogate (JSON's "\\ud800" escapes can make one; it is no Unicode character and
+    tokenizers refuse the whole text)."""
+    if not isinstance(text, str):
+        return f"is a {type(text).__name__}, not a string"
+    bad = _SURROGATE.search(text)
+    if bad:
+        return (f"holds a lone surrogate (U+{ord(bad.group()):04X}) at character "
+                f"{bad.start()}: not Unicode text")
+    return None
+
+
 def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 

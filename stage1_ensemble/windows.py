@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stage1_ensemble.chars import text_problem
+
 IGNORE = -100  # label of special tokens and padding: no loss
 
 
@@ -34,6 +36,10 @@ def tokenize_windows(tokenizer, texts: Sequence[str], *, max_length: int = 512,
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: character "
                          "offsets need one")
+    for i, text in enumerate(texts):  # the tokenizer would fail the batch, with no hint why
+        problem = text_problem(text)
+        if problem:
+            raise ValueError(f"text {i} {problem}")
     if not texts:
         empty = np.zeros((0, 0), dtype=np.int64)
         return Windows(empty, np.zeros((0, 0, 2), dtype=np.int64), np.zeros(0, np.int64),

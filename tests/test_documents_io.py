@@ -128,6 +128,16 @@ def test_jsonl_duplicate_ids_and_bad_lines(tmp_path):
     assert [i for i, _ in report.failed_documents] == ["c.jsonl:2", "b", "a", "c.jsonl:5"]
     assert "duplicate document id 'a'" in report.failed_documents[2][1]
     assert len(report.skipped) == 5 and "c.jsonl:1: span" in report.skipped[0]
+    # JSON escapes can make a lone surrogate, which no tokenizer takes: named, not a crash
+    path.write_text('{"id": "a", "text": "fiebre \\ud800 alta"}\n{"id": "b\\udfff", "text": "x"}\n'
+                    '{"id": "c", "text": "\\ud83d\\ude37 tos"}\n')  # a valid pair: a character
+    with pytest.raises(CorpusError, match=r"c\.jsonl:1: not a document object \(its 'text' "
+                                          r"holds a lone surrogate \(U\+D800\) at character 7"):
+        list(read_jsonl(path))
+    report = ReadReport()
+    assert [d.text for d in read_jsonl(path, lenient=True, report=report)] == ["\U0001f637 tos"]
+    assert [i for i, _ in report.failed_documents] == ["a", "b\udfff"]
+    assert "its 'id' holds a lone surrogate (U+DFFF)" in report.failed_documents[1][1]
 
 
 def test_tsv_text_column_is_safe_for_pandas():

@@ -313,6 +313,10 @@ def test_xlmr_tokenizer_windows_on_long_multilingual_text(tmp_path):
                    config=TrainConfig(max_steps=1, warmup_steps=0, batch_size=2, max_length=64,
                                       stride=8))
     ens = Ensemble.load(ensemble_dir, InferenceConfig(device="cpu", max_length=64, stride=8))
+    for bad, problem in (("fiebre \ud800", r"text 1 holds a lone surrogate \(U\+D800\)"),
+                         (None, "text 1 is a NoneType, not a string")):
+        with pytest.raises(ValueError, match=problem):
+            tokenize_windows(tokenizer, [text, bad])
     nfd = unicodedata.normalize("NFD", "srdeční selhání")  # its last accent is in no token
     out = ens.char_probs([text, "", "   ", "\u200b\u200b", nfd], ["SYMPTOM"])
     assert [o["SYMPTOM"].shape for o in out] == [(len(text),), (0,), (3,), (2,), (len(nfd),)]
