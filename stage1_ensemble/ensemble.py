@@ -45,7 +45,8 @@ class Member(BaseModel):
     encoder: str
     path: str  # relative to the ensemble folder
     tokenizer: str
-    weight: float = 1.0
+    # in the class's weighted mean; a member to leave out is removed, not weighted 0
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
     config: dict = Field(default_factory=dict)
     validation: dict = Field(default_factory=dict)  # scores on the held-out fold
     train_documents: int = 0

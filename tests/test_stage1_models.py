@@ -268,6 +268,13 @@ def test_missing_member_is_a_clear_error(overfit_ensemble, tmp_path):
     (unfinished / "ensemble.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="no member for SYMPTOM"):
         Ensemble.load(unfinished)
+    manifest["classes"].remove("SYMPTOM")
+    for weight in (0.0, -1.0, float("nan")):  # a weighted mean would be NaN or meaningless
+        manifest["members"][0]["weight"] = weight
+        (unfinished / "ensemble.json").write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match=r"members\.0\.weight: Input should be (greater "
+                                             r"than 0|a finite number)"):
+            Ensemble.load(unfinished)
 
 
 def test_loading_members_draws_no_progress_bars(overfit_ensemble, capfd):
