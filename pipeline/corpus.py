@@ -6,13 +6,14 @@ from pathlib import Path
 
 from pipeline.documents import Span
 from pipeline.errors import ReadReport
-from pipeline.readers import detect_format, open_corpus, read_tsv_spans
+from pipeline.readers import corpus_path, detect_format, open_corpus, read_tsv_spans
 
 
 def load_spans(path: Path, *, lenient: bool = False,
                report: ReadReport | None = None) -> tuple[list[Span], dict[str, str | None]]:
     """All spans of a corpus and each document's language (a TSV needs no texts here)."""
     report = report if report is not None else ReadReport()
+    path = corpus_path(path)
     if detect_format(path) == "tsv":
         return read_tsv_spans(path, lenient=lenient, report=report), {}
     spans: list[Span] = []

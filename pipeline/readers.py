@@ -344,6 +344,19 @@ def read_multiclinner(root: Path, *, classes: tuple[str, ...] = CLASSES, lenient
             yield doc
 
 
+def corpus_path(path: Path) -> Path:
+    """What to read for ``path``: a ``pipeline run`` output folder stands for its
+    predictions (JSONL, else TSV); anything else for itself."""
+    path = Path(path)
+    if not (path.is_dir() and (path / "run.json").is_file()):
+        return path
+    for name in ("predictions.jsonl", "predictions.tsv"):
+        if (path / name).is_file():
+            return path / name
+    raise CorpusError(path, "a `pipeline run` output without predictions.jsonl or "
+                            "predictions.tsv (has the run finished? its command resumes it)")
+
+
 def detect_format(path: Path) -> str:
     """brat, multiclinner, tsv, jsonl or txt, from what the path holds."""
     path = Path(path)
@@ -367,7 +380,9 @@ def detect_format(path: Path) -> str:
 def open_corpus(path: Path, *, texts: Path | None = None, lenient: bool = False,
                 report: ReadReport | None = None, classes: tuple[str, ...] = CLASSES,
                 label_map: dict[str, str] | None = None) -> Iterator[Document]:
-    """Any supported corpus, by its layout; a TSV needs the folder of its texts."""
+    """Any supported corpus, by its layout (a `pipeline run` output: its predictions); a
+    TSV needs the folder of its texts."""
+    path = corpus_path(path)
     fmt = detect_format(path)
     common = {"lenient": lenient, "report": report, "classes": classes}
     if fmt in ("brat", "txt"):

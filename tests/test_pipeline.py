@@ -68,6 +68,25 @@ def test_run_accounts_for_every_document(tmp_path, tiny_ensemble):
     assert (tmp_path / "out" / "brat" / "doc00.ann").exists()
 
 
+def test_a_run_folder_reads_as_its_predictions(tmp_path, tiny_ensemble):
+    from pipeline.corpus import load_spans
+    from pipeline.errors import CorpusError
+
+    make_corpus(tmp_path / "corpus", n=3, broken=False)
+    run(tmp_path, tiny_ensemble, out="both", formats=("jsonl", "tsv"))
+    run(tmp_path, tiny_ensemble, out="tsv", formats=("tsv",))
+    spans, langs = load_spans(tmp_path / "both")
+    assert spans and (spans, langs) == load_spans(tmp_path / "both" / "predictions.jsonl")
+    assert load_spans(tmp_path / "tsv")[0] == load_spans(tmp_path / "tsv" / "predictions.tsv")[0]
+    assert sorted(s.doc_id for s in spans) == sorted(s.doc_id for s in load_spans(
+        tmp_path / "tsv")[0])
+    assert [d.id for d in open_corpus(tmp_path / "both")] == ["doc00", "doc01", "doc02"]
+    (tmp_path / "both" / "predictions.jsonl").unlink()
+    (tmp_path / "both" / "predictions.tsv").unlink()  # as a run killed before its end
+    with pytest.raises(CorpusError, match="a `pipeline run` output without predictions"):
+        load_spans(tmp_path / "both")
+
+
 def test_output_folder_with_other_settings_is_refused(tmp_path, tiny_ensemble):
     make_corpus(tmp_path / "corpus", n=2, broken=False)
     run(tmp_path, tiny_ensemble)

@@ -20,7 +20,8 @@ from pipeline.metrics import evaluate
 @app.command("evaluate")
 def evaluate_command(
     gold: Annotated[Path, typer.Option(help="Gold: a task TSV or a corpus folder.")],
-    pred: Annotated[Path, typer.Option(help="Predictions: a task TSV or a corpus folder.")],
+    pred: Annotated[Path, typer.Option(help="Predictions: a task TSV, a corpus folder or a "
+                                            "`pipeline run` output folder.")],
     entity: Annotated[str | None, typer.Option(
         help="Score one class only: DISEASE, SYMPTOM or PROCEDURE (or its corpus label, "
              "e.g. ENFERMEDAD).")] = None,
