@@ -50,47 +50,49 @@ def run_command(
     from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend, warn_unfit
     from pipeline.run import check_formats, in_shard, parse_shard, run_pipeline
     from pipeline.thresholds import Thresholds
+    from pipeline.writers import folder_lock
 
     share = parse_shard(shard)  # before the slow loads: fail fast
     formats = [f.strip() for f in format.split(",") if f.strip()]
     check_formats(formats)
     resolve_backend(llm, llm_backend, llm_url)
-    ens = load_ensemble(ensemble, inference_config)
-    cache = cache_dir or ensemble / "cache"
-    th = Thresholds.load(thresholds) if thresholds else Thresholds.uniform(stage1_threshold,
-                                                                           stage2_threshold)
-    scorer = load_llm(llm, llm_backend, llm_url, cache)
-    warn_unfit(th, ens, scorer, str(thresholds) if thresholds else "thresholds")
-    report = ReadReport()
-    docs = open_corpus(input, texts=texts, lenient=True, report=report,
-                       classes=tuple(ens.classes))
-    total = sum(in_shard(stem_id(p.stem), share) for p in input.glob("*.txt")) \
-        if detect_format(corpus_path(input)) in ("brat", "txt") else None  # this shard's documents
-    settings = {"ensemble": ens.identity, "inference": ens.output_settings,
-                "llm": scorer.identity if scorer else None,
-                "thresholds": th.model_dump(), "formats": sorted(formats), "shard": shard,
-                "chunk_size": chunk_size, "input": str(input.resolve())}
-    start = time.perf_counter()
-    with progress_display() as progress:
-        task = progress.add_task("pipeline run", total=total, unit="docs", rate="")
-        follow_llm(progress, scorer)
+    with folder_lock(output, "pipeline run"):  # before the slow loads: a second one stops now
+        ens = load_ensemble(ensemble, inference_config)
+        cache = cache_dir or ensemble / "cache"
+        th = Thresholds.load(thresholds) if thresholds else Thresholds.uniform(stage1_threshold,
+                                                                               stage2_threshold)
+        scorer = load_llm(llm, llm_backend, llm_url, cache)
+        warn_unfit(th, ens, scorer, str(thresholds) if thresholds else "thresholds")
+        report = ReadReport()
+        docs = open_corpus(input, texts=texts, lenient=True, report=report,
+                           classes=tuple(ens.classes))
+        total = sum(in_shard(stem_id(p.stem), share) for p in input.glob("*.txt")) \
+            if detect_format(corpus_path(input)) in ("brat", "txt") else None  # this shard's documents
+        settings = {"ensemble": ens.identity, "inference": ens.output_settings,
+                    "llm": scorer.identity if scorer else None,
+                    "thresholds": th.model_dump(), "formats": sorted(formats), "shard": shard,
+                    "chunk_size": chunk_size, "input": str(input.resolve())}
+        start = time.perf_counter()
+        with progress_display() as progress:
+            task = progress.add_task("pipeline run", total=total, unit="docs", rate="")
+            follow_llm(progress, scorer)
 
-        def on_chunk(summary, n: int) -> None:
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            done = summary.written + summary.empty + len(summary.failed)
-            progress.update(task, advance=n, rate=f"{done / elapsed:.2f} docs/s, "
-                                                  f"{summary.candidates / elapsed:.1f} cand/s")
+            def on_chunk(summary, n: int) -> None:
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                done = summary.written + summary.empty + len(summary.failed)
+                progress.update(task, advance=n, rate=f"{done / elapsed:.2f} docs/s, "
+                                                      f"{summary.candidates / elapsed:.1f} cand/s")
 
-        summary = run_pipeline(docs, out=output, ensemble=ens, scorer=scorer, thresholds=th,
-                               settings=settings, formats=formats, shard=share,
-                               chunk_size=chunk_size, char_cache=char_cache(cache, ens),
-                               on_chunk=on_chunk, unreadable=report.failed_documents)
-    s = summary.as_dict()
-    typer.echo(f"{output}: {s['written']} documents written, {s['empty']} empty, "
-               f"{s['failed']} failed; {s['candidates']} candidates, {s['llm_calls']} LLM calls, "
-               f"{s['kept_spans']} spans kept; seconds {s['seconds']}")
-    for item in s["failures"]:
-        typer.echo(f"failed: {item['id']}: {item['reason']}", err=True)
+            summary = run_pipeline(docs, out=output, ensemble=ens, scorer=scorer, thresholds=th,
+                                   settings=settings, formats=formats, shard=share,
+                                   chunk_size=chunk_size, char_cache=char_cache(cache, ens),
+                                   on_chunk=on_chunk, unreadable=report.failed_documents)
+        s = summary.as_dict()
+        typer.echo(f"{output}: {s['written']} documents written, {s['empty']} empty, "
+                   f"{s['failed']} failed; {s['candidates']} candidates, {s['llm_calls']} LLM calls, "
+                   f"{s['kept_spans']} spans kept; seconds {s['seconds']}")
+        for item in s["failures"]:
+            typer.echo(f"failed: {item['id']}: {item['reason']}", err=True)
 
 
 @app.command("merge")
