@@ -80,6 +80,9 @@ def main() -> None:
     (out / "thresholds.json").write_text(tuned.model_dump_json(indent=2))
     heatmaps(results, "char_f1", out / "thresholds.png")
     for cls, r in results.items():
+        if "untuned" in r:
+            print(f"   {cls}: not tuned ({r['untuned']})")
+            continue
         rr = r["reranked"]
         print(f"   {cls}: t1={rr['stage1']} t2={rr['stage2']} route={rr['route']} "
               f"char F1 {rr['char_f1']:.3f} (ensemble alone: {r['stage1_only']['char_f1']:.3f})")

@@ -115,11 +115,19 @@ def sweep(sets: dict[float, CandidateSet], objective: str = "char_f1", t2_grid=T
     return grid, alone
 
 
+UNTUNED = "no gold span of the class in the tuning documents"
+
+
 def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
                with_llm: bool = True, route_tolerance: float = 0.0) -> dict:
     """The best pair, the best ensemble-only threshold, and the routing threshold that saves
-    the most LLM calls without losing more than ``route_tolerance`` of the objective."""
+    the most LLM calls without losing more than ``route_tolerance`` of the objective.
+
+    With no gold span of the class, every threshold scores 0 and the lowest (the most false
+    positives) would win: the class is left untuned, and the default thresholds apply."""
     t1s = sorted(sets)
+    if not t1s or sets[t1s[0]].n_gold == 0:
+        return {"untuned": UNTUNED}
     grid, alone = sweep(sets, objective)
     a0 = int(np.argmax(alone))
     result = {"stage1_only": {"stage1": t1s[a0], objective: float(alone[a0]),
@@ -152,6 +160,8 @@ def thresholds_from(results: dict[str, dict], objective: str, *, ensemble: str |
     ensemble and LLM they were tuned for (``run`` warns when used with others)."""
     classes = {}
     for cls, r in results.items():
+        if "untuned" in r:  # left to the default (run and Recognizer say so)
+            continue
         best = r.get("reranked") or {"stage1": r["stage1_only"]["stage1"], "stage2": 0.0,
                                      "route": None}
         classes[cls] = ClassThresholds(stage1=best["stage1"], stage2=best["stage2"],

@@ -290,6 +290,29 @@ def test_tuning_sweep_equals_the_metrics_and_ablation_runs(tmp_path, tiny_ensemb
     assert "| reranked@tuned | DISEASE |" in markdown(report)
 
 
+def test_a_class_without_gold_spans_is_left_untuned_not_set_to_its_lowest_threshold():
+    from pipeline.documents import Span
+    from pipeline.tune import match, thresholds_from
+
+    def sets_of(gold, cands):
+        return {t1: match(gold, [c for c in cands if c.stage1_score >= t1])
+                for t1 in (0.3, 0.5, 0.7)}
+
+    def cands(label):  # (stage-1, stage-2) scores: the first is right, the second is not
+        return [Span("d", label, 0, 5, 0.35, 0.9), Span("d", label, 9, 12, 0.9, 0.1)]
+
+    gold = [Span("d", "DISEASE", 0, 5)]
+    results = {"DISEASE": tune_class(sets_of(gold, cands("DISEASE"))),
+               "SYMPTOM": tune_class(sets_of([], cands("SYMPTOM")))}
+    # every threshold scores 0 on SYMPTOM: the lowest would have won, keeping everything
+    assert results["SYMPTOM"] == {"untuned": "no gold span of the class in the tuning documents"}
+    assert results["DISEASE"]["reranked"]["char_f1"] == 1.0
+    th = thresholds_from(results, "char_f1", ensemble="e", llm="m")
+    assert list(th.classes) == ["DISEASE"] and th.of("SYMPTOM") == th.default
+    assert th.figures["SYMPTOM"] == results["SYMPTOM"]
+    assert any("no thresholds for SYMPTOM" in p for p in th.unfit(["DISEASE", "SYMPTOM"], "e", "m"))
+
+
 def test_a_class_is_predicted_only_on_its_own_text(tmp_path, tiny_ensemble):
     from pipeline.documents import Document
 

@@ -87,6 +87,11 @@ def tune_command(
     out.write_text(tuned.model_dump_json(indent=2))
     heatmaps(results, objective, out.with_suffix(".png"))
     for cls, r in results.items():
+        if "untuned" in r:
+            typer.secho(f"warning: {cls} not tuned: {r['untuned']}; the default thresholds "
+                        f"apply (stage 1 {tuned.default.stage1}, stage 2 "
+                        f"{tuned.default.stage2})", fg="yellow", err=True)
+            continue
         line = f"{cls}: ensemble alone t1={r['stage1_only']['stage1']} {objective}=" \
                f"{r['stage1_only'][objective]:.4f}"
         if "reranked" in r:
