@@ -346,9 +346,10 @@ def read_multiclinner(root: Path, *, classes: tuple[str, ...] = CLASSES, lenient
 
 def corpus_path(path: Path) -> Path:
     """What to read for ``path``: a ``pipeline run`` output folder stands for its
-    predictions (JSONL, else TSV); anything else for itself."""
+    predictions (JSONL, else TSV); anything else (a corpus folder that a run also wrote
+    into included) for itself."""
     path = Path(path)
-    if not (path.is_dir() and (path / "run.json").is_file()):
+    if not (path.is_dir() and (path / "run.json").is_file()) or any(path.glob("*.txt")):
         return path
     for name in ("predictions.jsonl", "predictions.tsv"):
         if (path / name).is_file():

@@ -81,6 +81,10 @@ def test_a_run_folder_reads_as_its_predictions(tmp_path, tiny_ensemble):
     assert sorted(s.doc_id for s in spans) == sorted(s.doc_id for s in load_spans(
         tmp_path / "tsv")[0])
     assert [d.id for d in open_corpus(tmp_path / "both")] == ["doc00", "doc01", "doc02"]
+    # a corpus folder a run wrote into (--output the same as --input) stays a corpus
+    run(tmp_path, tiny_ensemble, out="corpus", formats=("jsonl",))
+    assert (tmp_path / "corpus" / "run.json").exists()
+    assert all(d.source.endswith(".txt") for d in open_corpus(tmp_path / "corpus"))
     (tmp_path / "both" / "predictions.jsonl").unlink()
     (tmp_path / "both" / "predictions.tsv").unlink()  # as a run killed before its end
     with pytest.raises(CorpusError, match="a `pipeline run` output without predictions"):
