@@ -60,8 +60,10 @@ def needs_llm(span: Span, thresholds: Thresholds) -> bool:
 
 
 def rerank(docs: Sequence[Document], candidates: Sequence[Sequence[Span]], scorer,
-           thresholds: Thresholds) -> list[list[Span]]:
-    """Candidates with their stage-2 scores; those routed past the LLM keep stage2 None."""
+           thresholds: Thresholds, too_long: list[int] | None = None) -> list[list[Span]]:
+    """Candidates with their stage-2 scores; those routed past the LLM keep stage2 None.
+    ``too_long`` (if given, one count per document) adds up the candidates the scorer did
+    not send because their prompt does not fit the model (they score 0)."""
     from stage2_rerank import Candidate
 
     asks: list[tuple[int, int]] = []
@@ -76,6 +78,9 @@ def rerank(docs: Sequence[Document], candidates: Sequence[Sequence[Span]], score
     out = [list(spans) for spans in candidates]
     for (i, j), p in zip(asks, scores):
         out[i][j] = out[i][j].with_scores(stage2=p)
+    if too_long is not None and batch:
+        for k in scorer.skipped:
+            too_long[asks[k][0]] += 1
     return out
 
 
@@ -87,22 +92,26 @@ def keep(spans: Sequence[Span], thresholds: Thresholds) -> list[Span]:
 
 def two_stages(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresholds,
                char_cache: CharProbCache | None = None, seconds: dict[str, float] | None = None,
+               too_long: list[int] | None = None,
                ) -> tuple[list[list[Span]], list[list[Span]]]:
     """Stage-1 candidates and kept spans of each document (none for a text of whitespace
     only). Without a scorer every candidate is kept. ``seconds`` (if given) adds up the time
-    of each stage under "stage1" and "stage2"."""
+    of each stage under "stage1" and "stage2"; ``too_long`` (if given) is as in `rerank`."""
     live = [i for i, d in enumerate(docs) if d.text.strip()]
     some = [docs[i] for i in live]
     t0 = time.perf_counter()
     found = propose(some, char_probabilities(some, ensemble, char_cache), thresholds)
     t1 = time.perf_counter()
+    skipped = [0] * len(some)
     kept = found if scorer is None else \
-        [keep(spans, thresholds) for spans in rerank(some, found, scorer, thresholds)]
+        [keep(spans, thresholds) for spans in rerank(some, found, scorer, thresholds, skipped)]
     if seconds is not None:
         seconds["stage1"] += t1 - t0
         seconds["stage2"] += time.perf_counter() - t1
     candidates: list[list[Span]] = [[] for _ in docs]
     out: list[list[Span]] = [[] for _ in docs]
-    for i, c, k in zip(live, found, kept):
+    for i, c, k, n in zip(live, found, kept, skipped):
         candidates[i], out[i] = c, k
+        if too_long is not None:
+            too_long[i] += n
     return candidates, out

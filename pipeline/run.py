@@ -33,6 +33,7 @@ class RunSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     candidates: int = 0
     llm_calls: int = 0
+    too_long: int = 0  # candidates dropped unasked: their prompt does not fit the LLM
     kept: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {"stage1": 0.0, "stage2": 0.0,
                                                                "other": 0.0})
@@ -48,12 +49,13 @@ class RunSummary:
         self.kept += len(record.get("spans", []))
         self.candidates += record.get("candidates", 0)
         self.llm_calls += record.get("llm_asked", 0)
+        self.too_long += record.get("too_long", 0)
 
     def as_dict(self) -> dict:
         return {"written": self.written, "empty": self.empty, "failed": len(self.failed),
                 "failures": [{"id": i, "reason": r} for i, r in self.failed],
                 "candidates": self.candidates, "llm_calls": self.llm_calls,
-                "kept_spans": self.kept, "seconds": {k: round(v, 3)
+                "too_long": self.too_long, "kept_spans": self.kept, "seconds": {k: round(v, 3)
                                                      for k, v in self.seconds.items()}}
 
 
@@ -109,10 +111,11 @@ def check_settings(out: Path, settings: dict) -> None:
 def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresholds,
                   char_cache, summary: RunSummary) -> list[dict]:
     """documents -> character probabilities -> candidates -> scores -> kept spans."""
+    too_long = [0] * len(docs)
     candidates, kept = two_stages(docs, ensemble=ensemble, scorer=scorer, thresholds=thresholds,
-                                  char_cache=char_cache, seconds=summary.seconds)
+                                  char_cache=char_cache, seconds=summary.seconds, too_long=too_long)
     records = []
-    for d, found, spans in zip(docs, candidates, kept):
+    for d, found, spans, n in zip(docs, candidates, kept, too_long):
         if not d.text.strip():
             records.append({"id": d.id, "status": "empty", "text": d.text, "spans": []})
             continue
@@ -122,6 +125,8 @@ def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thr
         # per document, so that a resumed run's totals equal an uninterrupted run's
         record["candidates"] = len(found)
         record["llm_asked"] = 0 if scorer is None else sum(needs_llm(s, thresholds) for s in found)
+        if n:
+            record["too_long"] = n
         records.append(record)
     return records
 
@@ -217,8 +222,9 @@ def merge_shards(out: Path, folders: Sequence[Path], formats: Sequence[str]) -> 
             ([f"missing: {', '.join(map(str, missing))}"] if missing else [])))
     with folder_lock(out, "pipeline merge"):
         assemble(out, folders, formats, sort=True)
-        total = {key: sum(s[key] for s in summaries)
-                 for key in ("written", "empty", "failed", "candidates", "llm_calls", "kept_spans")}
+        total = {key: sum(s.get(key, 0) for s in summaries)
+                 for key in ("written", "empty", "failed", "candidates", "llm_calls", "too_long",
+                             "kept_spans")}
         total["failures"] = sorted((f for s in summaries for f in s["failures"]),
                                    key=lambda f: f["id"])
         total["seconds"] = {k: round(sum(s["seconds"].get(k, 0.0) for s in summaries), 3)

@@ -61,7 +61,8 @@ class Scorer:
     stage-1 span of thousands of characters can make a prompt longer than the model takes,
     which vLLM refuses (failing every candidate sent with it) and transformers would run
     past its trained positions. Such a candidate is no mention the model can judge: it is
-    not sent, scores 0 (dropped at any stage-2 threshold), is counted in ``too_long`` and
+    not sent, scores 0 (dropped at any stage-2 threshold above 0), is counted in
+    ``too_long``, listed in ``skipped`` (its position in the last call's candidates) and
     logged. A context that alone does not fit is a setting to change: an error.
     """
 
@@ -74,16 +75,19 @@ class Scorer:
         self.chunk_size = chunk_size
         self.calls = 0  # prompts sent to the model (cache misses)
         self.too_long = 0  # candidates not sent: their prompt does not fit the model
+        self.skipped: list[int] = []  # their positions in the last call to score()
         self.on_progress: Callable[[int, int], None] | None = None
 
     def score(self, candidates: Sequence[Candidate]) -> list[float]:
+        self.skipped = []
         if not candidates:
             return []
         prompts = self.builder.build(candidates)  # validates every candidate first
         keys = [p.digest() for p in prompts]
         scores: list[float | None] = (self.cache.get_many(self.identity, keys) if self.cache is not None
                                       else [None] * len(prompts))
-        for i in self._too_long(candidates, prompts):
+        self.skipped = self._too_long(candidates, prompts)
+        for i in self.skipped:
             scores[i] = 0.0
         missing = [i for i, s in enumerate(scores) if s is None]
         for lo in range(0, len(missing), self.chunk_size):

@@ -136,6 +136,29 @@ def test_rerank_keeps_spans_above_the_stage2_threshold(tmp_path, tiny_ensemble, 
     assert summary.llm_calls == 0 and summary.kept == summary.candidates
 
 
+def test_run_counts_candidates_too_long_for_the_llm(tmp_path, tiny_ensemble, tiny_llm_dir):
+    from stage2_rerank import load_scorer
+
+    make_corpus(tmp_path / "corpus", n=4, broken=False)
+    scorer = load_scorer("hf", tiny_llm_dir)
+    lengths = []
+    real = scorer.backend.score_prompts
+    scorer.backend.score_prompts = lambda ps, y, n: lengths.extend(len(p.ids) for p in ps) or \
+        real(ps, y, n)
+    th = Thresholds.uniform(0.5, 1e-9)
+    assert run(tmp_path, tiny_ensemble, scorer=scorer, th=th).too_long == 0
+    # the longest prompts no longer fit: those candidates are dropped unasked, and counted
+    asked = list(lengths)
+    scorer.backend.max_prompt_tokens = max(asked) - 1
+    over = asked.count(max(asked))
+    first = run(tmp_path, tiny_ensemble, scorer=scorer, out="short", th=th)
+    assert first.too_long == over and first.kept == len(asked) - over
+    assert len(lengths) == 2 * len(asked) - over  # those were not sent
+    assert json.loads((tmp_path / "short" / "summary.json").read_text())["too_long"] == over
+    again = run(tmp_path, tiny_ensemble, scorer=scorer, out="short", th=th)  # from its parts
+    assert again.too_long == over and again.kept == first.kept
+
+
 def test_shards_together_equal_one_run(tmp_path, tiny_ensemble):
     import shutil
 

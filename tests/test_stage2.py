@@ -179,7 +179,7 @@ def test_prompts_longer_than_the_model_takes_are_not_sent_and_score_zero(llm_dir
     scorer.backend.score_prompts = lambda ps, y, n: sent.append(len(ps)) or real(ps, y, n)
     with caplog.at_level("WARNING"):
         scores = scorer.score(batch)
-    assert sent == [2] and scorer.calls == 2 and scorer.too_long == 1
+    assert sent == [2] and scorer.calls == 2 and scorer.too_long == 1 and scorer.skipped == [1]
     assert scores[1] == 0.0
     assert scores[::2] == pytest.approx(load_scorer("hf", llm_dir).score(batch[::2]), abs=1e-6)
     assert "document 'd2', SYMPTOM at" in caplog.text and "score 0" in caplog.text

@@ -93,6 +93,10 @@ def run_command(
                    f"{s['kept_spans']} spans kept; seconds {s['seconds']}")
         for item in s["failures"]:
             typer.echo(f"failed: {item['id']}: {item['reason']}", err=True)
+        if s["too_long"]:
+            typer.echo(f"{s['too_long']} candidate(s) were dropped without asking the LLM: their "
+                       "prompt is longer than it takes (see the warnings for the first of each "
+                       "batch)", err=True)
 
 
 @app.command("merge")
