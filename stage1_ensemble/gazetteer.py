@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 
 from stage1_ensemble.chars import word_regex
 
 
 class Gazetteer:
-    """Longest match first, on word boundaries; spans as ``(start, end, 1.0)``."""
+    """Longest match first, on word boundaries; spans as ``(start, end, 1.0)``.
+
+    Mentions and text are compared lowered and in Unicode's composed form (NFC), so that a
+    term learnt from "neumonía" is found in a file that writes it decomposed ("i" + U+0301);
+    spans are offsets into the text as given."""
 
     def __init__(self) -> None:
         self.terms: dict[str, set[str]] = {}
@@ -17,7 +22,7 @@ class Gazetteer:
     def fit(self, examples: Iterable[tuple[str, str, int, int]]) -> Gazetteer:
         """``examples``: (class, text, start, end) of each training mention."""
         for cls, text, start, end in examples:
-            mention = text[start:end].strip().lower()
+            mention = unicodedata.normalize("NFC", text[start:end].strip().lower())
             words = len(word_regex().findall(mention))
             if words == 0:
                 continue
@@ -33,11 +38,13 @@ class Gazetteer:
         lowered = text.lower()
         if len(lowered) != len(text):  # a few letters change length when lowered
             lowered = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+        composed = unicodedata.is_normalized("NFC", lowered)  # nearly all text: slices are too
         spans, i = [], 0
         while i < len(words):
             for n in range(min(self.max_words[cls], len(words) - i), 0, -1):
                 start, end = words[i][0], words[i + n - 1][1]
-                if lowered[start:end] in terms:
+                key = lowered[start:end]
+                if (key if composed else unicodedata.normalize("NFC", key)) in terms:
                     spans.append((start, end, 1.0))
                     i += n
                     break

@@ -39,3 +39,12 @@ def test_decomposed_text_matches_whole_words_with_their_accents():
     assert found(gaz, text, "DISEASE") == [nfd]
     # a letter alone is no word of its own inside a decomposed word
     assert found(gaz, text, "SYMPTOM") == []
+
+
+def test_composed_and_decomposed_forms_match_each_other():
+    nfc = "neumonía"
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfd != nfc
+    text = f"{nfd} y {nfc}"
+    for term in (nfc, nfd):
+        assert found(fitted(("DISEASE", term)), text, "DISEASE") == [nfd, nfc]
