@@ -114,6 +114,14 @@ class Recognizer:
                  char_cache=None, batch_size: int = 16) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        for name, value, ok in (("ensemble", ensemble, hasattr(ensemble, "classes")),
+                                ("scorer", scorer, scorer is None or hasattr(scorer, "score")),
+                                ("thresholds", thresholds,
+                                 thresholds is None or isinstance(thresholds, Thresholds))):
+            if not ok:  # a folder or file name most likely: that is what load() takes
+                raise TypeError(f"Recognizer's {name} is a {type(value).__name__} ({value!r:.80}), "
+                                "not a loaded object; Recognizer.load(ensemble folder, llm, "
+                                "thresholds=file) loads them from their files")
         self.ensemble = ensemble
         self.scorer = scorer
         self.thresholds = thresholds if thresholds is not None else Thresholds()

@@ -376,6 +376,12 @@ def test_recognizer_gives_what_pipeline_run_writes(tmp_path, tiny_ensemble):
     assert rec(Document("x", SENTENCES[0], entity_class="SYMPTOM")) == []
     with pytest.raises(TypeError, match="text 1 is a bytes"):
         rec(["fine", b"not text"])
+    # file names where loaded objects belong: pointed to load()
+    for kw in ({"ensemble": str(tiny_ensemble)}, {"ensemble": None},
+               {"ensemble": rec.ensemble, "scorer": "models/llm"},
+               {"ensemble": rec.ensemble, "thresholds": tmp_path / "thresholds.json"}):
+        with pytest.raises(TypeError, match=f"{next(reversed(kw))} is a .*Recognizer.load"):
+            Recognizer(**kw)
 
 
 def test_recognizer_thresholds_trade_precision_for_recall_from_cache(tmp_path, tiny_ensemble,
