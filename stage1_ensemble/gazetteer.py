@@ -17,17 +17,21 @@ class Gazetteer:
 
     def __init__(self) -> None:
         self.terms: dict[str, set[str]] = {}
-        self.max_words: dict[str, int] = {}
+        # per class, first word -> the numbers of words of the terms it starts, longest first
+        self.lengths: dict[str, dict[str, list[int]]] = {}
 
     def fit(self, examples: Iterable[tuple[str, str, int, int]]) -> Gazetteer:
         """``examples``: (class, text, start, end) of each training mention."""
         for cls, text, start, end in examples:
             mention = unicodedata.normalize("NFC", text[start:end].strip().lower())
-            words = len(word_regex().findall(mention))
-            if words == 0:
+            words = word_regex().findall(mention)
+            if not words:
                 continue
             self.terms.setdefault(cls, set()).add(mention)
-            self.max_words[cls] = max(self.max_words.get(cls, 0), words)
+            counts = self.lengths.setdefault(cls, {}).setdefault(words[0], [])
+            if len(words) not in counts:
+                counts.append(len(words))
+                counts.sort(reverse=True)
         return self
 
     def predict(self, text: str, cls: str) -> list[tuple[int, int, float]]:
@@ -39,12 +43,17 @@ class Gazetteer:
         if len(lowered) != len(text):  # a few letters change length when lowered
             lowered = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
         composed = unicodedata.is_normalized("NFC", lowered)  # nearly all text: slices are too
+        def nfc(key: str) -> str:
+            return key if composed else unicodedata.normalize("NFC", key)
+
+        lengths = self.lengths[cls]
         spans, i = [], 0
         while i < len(words):
-            for n in range(min(self.max_words[cls], len(words) - i), 0, -1):
+            for n in lengths.get(nfc(lowered[words[i][0]:words[i][1]]), ()):
+                if i + n > len(words):
+                    continue
                 start, end = words[i][0], words[i + n - 1][1]
-                key = lowered[start:end]
-                if (key if composed else unicodedata.normalize("NFC", key)) in terms:
+                if nfc(lowered[start:end]) in terms:
                     spans.append((start, end, 1.0))
                     i += n
                     break

@@ -24,6 +24,10 @@ def test_longest_match_first_case_insensitive_on_word_boundaries():
     assert found(gaz, text, "SYMPTOM") == ["disnea", "tos"]
     assert found(gaz, text, "PROCEDURE") == []
     assert found(gaz, "", "DISEASE") == []
+    # a longer term that would run past the last word does not hide a shorter one
+    gaz = fitted(("SYMPTOM", "tos seca persistente"), ("SYMPTOM", "tos"))
+    assert found(gaz, "fiebre y tos", "SYMPTOM") == ["tos"]
+    assert found(gaz, "Tos seca persistente.", "SYMPTOM") == ["Tos seca persistente"]
 
 
 def test_matches_keep_offsets_when_lowering_changes_a_letters_length():
