@@ -60,7 +60,8 @@ bench: env
 # What bench/gpu_stage1.sh needs on the GPU machine (git-ignored; carry .whl and
 # .gpu_assets): wheels its image lacks, for its Python 3.12, at the versions used here; the
 # dev texts; the XLM-R tokenizer.
-DEVICE_WHEELS := pydantic pydantic_core annotated-types typing-inspection typing_extensions tokenizers
+DEVICE_WHEELS := pydantic pydantic_core annotated-types typing-inspection typing_extensions tokenizers \
+	datasets dill multiprocess
 gpu-assets: env
 	rm -rf .whl .gpu_assets && mkdir -p .whl .gpu_assets/texts
 	for name in $(DEVICE_WHEELS); do \

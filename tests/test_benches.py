@@ -30,7 +30,8 @@ def test_cache_benchmark_checks_identical_arrays(shared_data):
 
 
 def test_gpu_benchmark_script_runs_small_on_the_cpu(shared_data, tmp_path):
-    """bench/gpu_stage1.sh, as the device runs it (eager, then compiled), at a tiny size."""
+    """bench/gpu_stage1.sh, as the device runs it (the gpu tests, skipped here; the benchmark
+    eager, then compiled), at a tiny size."""
     import os
     import shutil
 
@@ -46,6 +47,7 @@ def test_gpu_benchmark_script_runs_small_on_the_cpu(shared_data, tmp_path):
     out = subprocess.run(["bash", "bench/gpu_stage1.sh"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"4 skipped", out.stdout)  # no CUDA device here
     assert out.stdout.count("device cpu, 2 members") == 2
     assert "== bench/gpu_stage1.py --compile --width-multiple 64" in out.stdout
     assert len(re.findall(r"3 documents, \d+ characters, \d+ windows", out.stdout)) == 2

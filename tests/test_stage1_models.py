@@ -12,7 +12,7 @@ from stage1_ensemble import decode_spans
 from stage1_ensemble.config import InferenceConfig, TrainConfig
 from stage1_ensemble.ensemble import Ensemble
 from stage1_ensemble.windows import tokenize_windows
-from tests.tiny_models import SENTENCES, tiny_xlmr
+from tests.tiny_models import LONG_AND_SHORT, SENTENCES, runner_probs, tiny_xlmr
 
 GOLD = {0: ["diabetes mellitus"], 1: ["neumonía"]}
 
@@ -329,19 +329,6 @@ def test_xlmr_tokenizer_windows_on_long_multilingual_text(tmp_path):
     assert [o["SYMPTOM"].shape for o in out] == [(len(text),), (0,), (3,), (2,), (len(nfd),)]
     assert all(np.isfinite(o["SYMPTOM"]).all() for o in out)
     assert out[2]["SYMPTOM"].tolist() == [0.0, 0.0, 0.0]
-
-
-def runner_probs(folder, config: InferenceConfig, texts: list[str]) -> np.ndarray:
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-    from stage1_ensemble.infer import MemberRunner
-
-    runner = MemberRunner(AutoModelForTokenClassification.from_pretrained(folder),
-                          AutoTokenizer.from_pretrained(folder), config)
-    return runner.window_probs(runner.windows(texts))
-
-
-LONG_AND_SHORT = [" ".join(SENTENCES * 9), SENTENCES[0], SENTENCES[1][:12], "fiebre", ""]
 
 
 def test_rounded_batch_widths_give_the_same_probabilities(tmp_path):

@@ -11,6 +11,8 @@ SENTENCES = [
     "El paciente presenta diabetes mellitus y fiebre alta.",
     "Se descarta neumonía; refiere dolor torácico leve.",
 ]
+# texts longer than one window and shorter, down to none: windows of many widths
+LONG_AND_SHORT = [" ".join(SENTENCES * 9), SENTENCES[0], SENTENCES[1][:12], "fiebre", ""]
 
 
 def wordpiece_tokenizer(corpus: list[str]):
@@ -77,3 +79,15 @@ def tiny_xlmr(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 2) ->
     XLMRobertaForTokenClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def runner_probs(folder: Path, config, texts: list[str]):
+    """Token probabilities, (W, L), of the member saved in ``folder`` run with ``config``
+    (an ``InferenceConfig``) over the windows of ``texts``."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from stage1_ensemble.infer import MemberRunner
+
+    runner = MemberRunner(AutoModelForTokenClassification.from_pretrained(folder),
+                          AutoTokenizer.from_pretrained(folder), config)
+    return runner.window_probs(runner.windows(texts))
