@@ -128,22 +128,34 @@ def stem_id(stem: str) -> str:
     return unquote(stem) if "%" in stem else stem
 
 
+def brat_stems(path: Path) -> list[str]:
+    """The file names (without .txt) of the documents of a brat or text folder, sorted; of a
+    single ``.txt`` file, its own."""
+    path = Path(path)
+    return [path.stem] if path.is_file() else sorted(p.stem for p in path.glob("*.txt"))
+
+
 def read_brat(folder: Path, *, label_map: dict[str, str] | None = None,
               classes: tuple[str, ...] = CLASSES, lang: str | None = None,
               entity_class: str | None = None, lenient: bool = False,
               report: ReadReport | None = None, ann_folder: Path | None = None,
               ) -> Iterator[Document]:
-    """A brat folder (``NAME.txt`` + ``NAME.ann``); a ``.txt`` without ``.ann`` has no spans."""
+    """A brat folder (``NAME.txt`` + ``NAME.ann``), or one such ``NAME.txt`` file; a ``.txt``
+    without ``.ann`` has no spans."""
     folder, ann_folder = Path(folder), Path(ann_folder or folder)
     label_map = DEFAULT_LABEL_MAP if label_map is None else label_map
     report = report if report is not None else ReadReport()
-    if not folder.is_dir():
+    one = folder.is_file() and folder.suffix == ".txt"  # one document: NAME.txt (+ NAME.ann)
+    if not one and not folder.is_dir():
         raise CorpusError(folder, "not a folder")
-    stems = {p.stem for p in folder.glob("*.txt")}
-    for orphan in sorted(p for p in ann_folder.glob("*.ann") if p.stem not in stems):
+    if one and ann_folder == folder:
+        ann_folder = folder.parent
+    stems = brat_stems(folder)
+    folder = folder.parent if one else folder
+    for orphan in sorted(p for p in ann_folder.glob("*.ann") if p.stem not in stems and not one):
         report.skip(CorpusError(orphan, f"has no text file {orphan.stem}.txt in {folder}"),
                     lenient)
-    for stem in sorted(stems):
+    for stem in stems:
         txt, doc_id = folder / f"{stem}.txt", stem_id(stem)
         try:
             text = read_text(txt, report)
@@ -368,7 +380,10 @@ def detect_format(path: Path) -> str:
             return "jsonl"
         if path.suffix in (".tsv", ".csv"):
             return "tsv"
-        raise CorpusError(path, "a corpus file must be .tsv or .jsonl")
+        if path.suffix == ".txt":
+            return "txt"
+        raise CorpusError(path, "a corpus file must be .txt (one document, with its .ann if "
+                                "any beside it), .tsv or .jsonl")
     if any(path.glob("*.ann")):
         return "brat"
     if any(path.glob("*.txt")):

@@ -82,6 +82,19 @@ def test_ann_without_txt_and_non_utf8(tmp_path):
         list(read_brat(folder2))
 
 
+def test_one_text_file_is_a_corpus_of_one_document(tmp_path):
+    folder = brat(tmp_path, "fiebre alta y tos", "T1\tSINTOMA 0 11\tfiebre alta\n")
+    brat(tmp_path, "otra nota", "", name="d2")
+    (folder / "orphan.ann").write_text("T1\tSINTOMA 0 1\tf\n")  # not this document's
+    assert detect_format(folder / "d1.txt") == "txt"
+    docs = list(open_corpus(folder / "d1.txt"))
+    assert [(d.id, d.text, [(s.label, s.start, s.end) for s in d.spans]) for d in docs] == [
+        ("d1", "fiebre alta y tos", [("SYMPTOM", 0, 11)])]
+    assert [d.id for d in open_corpus(folder / "d2.txt")] == ["d2"]
+    with pytest.raises(CorpusError, match=r"d1\.ann: a corpus file must be \.txt"):
+        open_corpus(folder / "d1.ann")
+
+
 def test_tsv_errors(tmp_path):
     tsv = tmp_path / "p.tsv"
     tsv.write_text("filename\tlabel\tstart_span\tend_span\ttext\nd1\tDISEASE\t3\n")

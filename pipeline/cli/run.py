@@ -46,7 +46,7 @@ def run_command(
 
     Killed at any moment, the same command continues where it stopped."""
     from pipeline.errors import ReadReport
-    from pipeline.readers import corpus_path, detect_format, open_corpus, stem_id
+    from pipeline.readers import brat_stems, corpus_path, detect_format, open_corpus, stem_id
     from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend, warn_unfit
     from pipeline.run import check_formats, in_shard, parse_shard, run_pipeline
     from pipeline.thresholds import Thresholds
@@ -66,7 +66,7 @@ def run_command(
         report = ReadReport()
         docs = open_corpus(input, texts=texts, lenient=True, report=report,
                            classes=tuple(ens.classes))
-        total = sum(in_shard(stem_id(p.stem), share) for p in input.glob("*.txt")) \
+        total = sum(in_shard(stem_id(stem), share) for stem in brat_stems(input)) \
             if detect_format(corpus_path(input)) in ("brat", "txt") else None  # this shard's documents
         settings = {"ensemble": ens.identity, "inference": ens.output_settings,
                     "llm": scorer.identity if scorer else None,
