@@ -123,12 +123,17 @@ def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
     """The best pair, the best ensemble-only threshold, and the routing threshold that saves
     the most LLM calls without losing more than ``route_tolerance`` of the objective.
 
-    With no gold span of the class, every threshold scores 0 and the lowest (the most false
-    positives) would win: the class is left untuned, and the default thresholds apply."""
+    With no gold span of the class, or none that any candidate finds, every threshold scores
+    0 and the lowest (the most false positives) would win: the class is left untuned, and
+    the default thresholds apply."""
     t1s = sorted(sets)
     if not t1s or sets[t1s[0]].n_gold == 0:
         return {"untuned": UNTUNED}
     grid, alone = sweep(sets, objective)
+    if alone.max() <= 0:  # the stage-2 threshold only drops candidates: the grid is 0 too
+        n = sets[t1s[0]].n_gold
+        return {"untuned": f"{objective} is 0 at every threshold: no candidate finds any of "
+                           f"its {n} gold span{'s' if n != 1 else ''}"}
     a0 = int(np.argmax(alone))
     result = {"stage1_only": {"stage1": t1s[a0], objective: float(alone[a0]),
                               **sets[t1s[a0]].figures(np.ones(len(sets[t1s[a0]].s1), bool))}}

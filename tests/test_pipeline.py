@@ -317,7 +317,7 @@ def test_tuning_sweep_equals_the_metrics_and_ablation_runs(tmp_path, tiny_ensemb
     assert "| reranked@tuned | DISEASE |" in markdown(report)
 
 
-def test_a_class_without_gold_spans_is_left_untuned_not_set_to_its_lowest_threshold():
+def test_a_class_without_gold_spans_or_hits_is_left_untuned_not_set_to_its_lowest_threshold():
     from pipeline.documents import Span
     from pipeline.tune import match, thresholds_from
 
@@ -330,12 +330,17 @@ def test_a_class_without_gold_spans_is_left_untuned_not_set_to_its_lowest_thresh
 
     gold = [Span("d", "DISEASE", 0, 5)]
     results = {"DISEASE": tune_class(sets_of(gold, cands("DISEASE"))),
-               "SYMPTOM": tune_class(sets_of([], cands("SYMPTOM")))}
-    # every threshold scores 0 on SYMPTOM: the lowest would have won, keeping everything
+               "SYMPTOM": tune_class(sets_of([], cands("SYMPTOM"))),
+               "PROCEDURE": tune_class(sets_of([Span("d", "PROCEDURE", 20, 30)],
+                                               cands("PROCEDURE")))}
+    # every threshold scores 0 on SYMPTOM and PROCEDURE: the lowest would have won,
+    # keeping everything
     assert results["SYMPTOM"] == {"untuned": "no gold span of the class in the tuning documents"}
+    assert results["PROCEDURE"] == {"untuned": "char_f1 is 0 at every threshold: no candidate "
+                                               "finds any of its 1 gold span"}
     assert results["DISEASE"]["reranked"]["char_f1"] == 1.0
     th = thresholds_from(results, "char_f1", ensemble="e", llm="m")
-    assert list(th.classes) == ["DISEASE"] and th.of("SYMPTOM") == th.default
+    assert list(th.classes) == ["DISEASE"] and th.of("SYMPTOM") == th.of("PROCEDURE") == th.default
     assert th.figures["SYMPTOM"] == results["SYMPTOM"]
     assert any("no thresholds for SYMPTOM" in p for p in th.unfit(["DISEASE", "SYMPTOM"], "e", "m"))
 
