@@ -148,8 +148,8 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
         for k, chunk in enumerate(chunked(mine, chunk_size)):
             part = parts / f"{k:06d}.jsonl"
             if part.exists():  # done before a crash: keep it
-                for line in part.read_text(encoding="utf-8").splitlines():
-                    summary.add(json.loads(line))
+                for record in part_records(part):
+                    summary.add(record)
                 continue
             try:
                 records = process_chunk(chunk, ensemble=ensemble, scorer=scorer,
@@ -234,11 +234,52 @@ def merge_shards(out: Path, folders: Sequence[Path], formats: Sequence[str]) -> 
         return total
 
 
+def part_files(folders: Sequence[Path]) -> list[Path]:
+    return [part for folder in folders for part in sorted((Path(folder) / "parts").glob("*.jsonl"))]
+
+
+def part_lines(part: Path) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, line) of each record of a part file. Lines end at "\n" only: texts are
+    written unescaped, and U+2028, U+2029 or U+0085 inside one (text pasted from word
+    processors and PDFs has them) would end a line for ``str.splitlines``."""
+    offset = 0
+    with open(part, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield offset, line
+            offset += len(line)
+
+
+def part_records(part: Path) -> Iterator[dict]:
+    for _, line in part_lines(part):
+        yield json.loads(line)
+
+
 def iter_records(folders: Sequence[Path]) -> Iterator[dict]:
-    for folder in folders:
-        for part in sorted((Path(folder) / "parts").glob("*.jsonl")):
-            for line in part.read_text(encoding="utf-8").splitlines():
-                yield json.loads(line)
+    for part in part_files(folders):
+        yield from part_records(part)
+
+
+def sorted_records(folders: Sequence[Path]) -> Callable[[], Iterator[dict]]:
+    """The written records of ``folders``, sorted by document id (and class), as many times
+    as called. Only an index (id, class, file, byte offset) is held, not the records with
+    their texts: each is read again when its turn comes."""
+    parts = part_files(folders)
+    index = []
+    for k, part in enumerate(parts):
+        for offset, line in part_lines(part):
+            r = json.loads(line)
+            if r["status"] == "written":
+                index.append((r["id"], r.get("entity_class") or "", k, offset))
+    index.sort()
+
+    def records() -> Iterator[dict]:
+        for _, _, k, offset in index:
+            with open(parts[k], "rb") as handle:
+                handle.seek(offset)
+                yield json.loads(handle.readline())
+
+    return records
 
 
 def record_document(r: dict) -> Document:
@@ -252,14 +293,14 @@ def assemble(out: Path, folders: Sequence[Path], formats: Sequence[str],
     """The final outputs from the part files of one or more runs (shards).
 
     Documents stream from the parts into the writers, so memory does not grow with the
-    corpus; ``sort`` (for merging shards) orders them by id, holding the records in memory.
+    corpus (``sort``, for merging shards, orders them by id holding an index of them only).
     """
     out.mkdir(parents=True, exist_ok=True)
+    ordered = sorted_records(folders) if sort else None
 
     def docs() -> Iterator[Document]:
-        records: Iterable[dict] = (r for r in iter_records(folders) if r["status"] == "written")
-        if sort:
-            records = sorted(records, key=lambda r: (r["id"], r.get("entity_class") or ""))
+        records = ordered() if ordered else \
+            (r for r in iter_records(folders) if r["status"] == "written")
         return (record_document(r) for r in records)
 
     targets = {"tsv": out / "predictions.tsv", "jsonl": out / "predictions.jsonl",

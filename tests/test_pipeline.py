@@ -116,6 +116,20 @@ def test_output_folder_with_other_settings_is_refused(tmp_path, tiny_ensemble):
     assert json.loads((tmp_path / "formats" / "run.json").read_text())["formats"] == ["brat", "tsv"]
 
 
+def test_texts_with_unicode_line_separators_survive_the_part_files(tmp_path, tiny_ensemble):
+    make_corpus(tmp_path / "corpus", n=2, broken=False)
+    text = SENTENCES[0] + "\u2028" + SENTENCES[1] + "\x85\u2029fin"  # no line ends for JSON
+    (tmp_path / "corpus" / "sep.txt").write_text(text, encoding="utf-8")
+    first = run(tmp_path, tiny_ensemble).as_dict()
+    again = run(tmp_path, tiny_ensemble).as_dict()  # every part read back
+    first.pop("seconds"), again.pop("seconds")
+    assert first == again and first["written"] == 3 and first["failed"] == 0
+    records = [json.loads(line) for line in
+               (tmp_path / "out" / "predictions.jsonl").read_text().split("\n") if line]
+    (sep,) = [r for r in records if r["id"] == "sep"]
+    assert sep["text"] == text and [text[s["start"]:s["end"]] for s in sep["spans"]] == GOLD
+
+
 def test_rerank_keeps_spans_above_the_stage2_threshold(tmp_path, tiny_ensemble, tiny_llm_dir):
     from stage2_rerank import load_scorer
 
@@ -170,10 +184,16 @@ def test_shards_together_equal_one_run(tmp_path, tiny_ensemble):
     shards = [tmp_path / f"shard{i}" for i in range(3)]
     for i in range(3):
         run(tmp_path, tiny_ensemble, out=f"shard{i}", shard=(i, 3))
-    summary = merge_shards(tmp_path / "merged", shards, ["tsv"])
+    summary = merge_shards(tmp_path / "merged", shards, ["tsv", "jsonl"])
     full = (tmp_path / "full" / "predictions.tsv").read_text().splitlines()
     merged = (tmp_path / "merged" / "predictions.tsv").read_text().splitlines()
     assert merged[0] == full[0] and sorted(merged[1:]) == sorted(full[1:])
+    # the documents in id order, each record as the single run wrote it
+    lines = {name: (tmp_path / name / "predictions.jsonl").read_text().splitlines()
+             for name in ("full", "merged")}
+    ids = [json.loads(line)["id"] for line in lines["merged"]]
+    assert ids == sorted(ids) and len(ids) > 3
+    assert sorted(lines["full"], key=lambda line: json.loads(line)["id"]) == lines["merged"]
     sizes = [len(list((tmp_path / f"shard{i}" / "parts").glob("*"))) for i in range(3)]
     assert all(s >= 1 for s in sizes)
     assert json.loads((tmp_path / "merged" / "summary.json").read_text()) == summary
