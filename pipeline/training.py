@@ -49,6 +49,33 @@ def slug(encoder: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name or encoder).strip("-").lower()
 
 
+def check_folds(docs: Sequence[Document], classes: Sequence[str], n_folds: int,
+                group_pattern: str = DEFAULT_GROUP_PATTERN) -> None:
+    """Refuse folds that leave a member nothing to train on (every document of a class in
+    one fold: too few document groups); warn of folds that hold none (their members train
+    on everything and have no held-out score). Folds go by a hash of the group, so a few
+    groups can miss a fold even where there are as many groups as folds."""
+    if n_folds < 2:
+        return
+    for cls in classes:
+        mine = [d for d in docs if d.entity_class in (None, cls)]
+        folds = {fold_of(d.id, n_folds, group_pattern) for d in mine}
+        groups = len({document_group(d.id, group_pattern) for d in mine})
+        if len(folds) == 1:
+            many = len(mine) != 1
+            raise PipelineError(
+                f"--folds {n_folds}: {'all ' if many else ''}{len(mine)} {cls} "
+                f"document{'s' if many else ''} ({groups} document "
+                f"group{'s' if groups != 1 else ''}) fall{'' if many else 's'} in fold "
+                f"{folds.pop()}, whose member would have nothing to train on; use --folds 1, "
+                "or more groups (--group-pattern)")
+        empty = sorted(set(range(n_folds)) - folds)
+        if empty:
+            logger.warning("--folds %d: no %s document falls in fold %s (%d document groups); "
+                           "a member of such a fold trains on every document and has no "
+                           "held-out score", n_folds, cls, ", ".join(map(str, empty)), groups)
+
+
 def validate_member(model_dir: Path, docs: Sequence[Document], cls: str) -> dict:
     """Strict and char F1 of one member on its held-out documents at the default threshold,
     and the threshold of a 0.05 grid that gives it the best char F1 there (ties: the lower,
@@ -99,6 +126,7 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
         if empty:  # members would learn that nothing is ever a mention
             raise PipelineError(f"no gold {', '.join(empty)} spans in the training documents; "
                                 "choose the classes the corpus annotates (--classes)")
+        check_folds(docs, classes, n_folds, group_pattern)
         check_encoders([e for e in dict.fromkeys(encoders)
                         if any(not member_file(out, member_name(c, e, f)).exists()
                                for c in classes for f in range(n_folds))], config)

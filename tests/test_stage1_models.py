@@ -297,6 +297,27 @@ def test_folds_keep_translations_of_one_case_together():
         == {fold_of("case7", 3)}
 
 
+def test_folds_that_leave_nothing_to_train_on_are_refused_and_empty_ones_reported(caplog):
+    from pipeline.errors import PipelineError
+    from pipeline.training import check_folds
+
+    def docs(*ids):
+        return [Document(i, "fiebre", spans=[Span(i, "SYMPTOM", 0, 6)]) for i in ids]
+
+    with pytest.raises(PipelineError, match=r"--folds 2: all 2 SYMPTOM documents \(1 document "
+                                            r"group\) fall in fold \d, whose member would have "
+                                            "nothing to train on"):
+        check_folds(docs("case7_es", "case7_en"), ["SYMPTOM"], 2)
+    groups = [f"case{i}" for i in range(40)]
+    two = [next(g for g in groups if fold_of(g, 3) == k) for k in (0, 2)]  # fold 1 left empty
+    with caplog.at_level("WARNING"):
+        check_folds(docs(*two), ["SYMPTOM"], 3)
+        check_folds(docs(*two), ["SYMPTOM"], 1)  # no folds: nothing to say
+    assert [r.getMessage() for r in caplog.records] == [
+        "--folds 3: no SYMPTOM document falls in fold 1 (2 document groups); a member of such "
+        "a fold trains on every document and has no held-out score"]
+
+
 def test_xlmr_tokenizer_windows_on_long_multilingual_text(tmp_path):
     from transformers import AutoTokenizer
 
