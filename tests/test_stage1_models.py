@@ -61,7 +61,7 @@ def test_training_resumes_by_keeping_finished_members(overfit_ensemble, tmp_path
     assert seen == ["kept"] and len(manifest["members"]) == 1
     # a member of another recipe or fold split is not kept as if it were of this one
     for config, folds, change in [(TrainConfig(), 1, "max_steps 120, now 2000"),
-                                  (recipe, 2, "--folds 1, now 2")]:
+                                  (recipe, 3, "--folds 1, now 3")]:  # d0, d1: two folds
         with pytest.raises(PipelineError, match=rf"trained with other settings \(.*{change}"):
             train_ensemble(two_docs(), out=overfit_ensemble, encoders=[encoder],
                            classes=["DISEASE"], config=config, n_folds=folds)
