@@ -393,13 +393,22 @@ def detect_format(path: Path) -> str:
     raise CorpusError(path, "holds no .txt, .ann, txt/ folder, .tsv or .jsonl corpus")
 
 
+def corpus_layout(path: Path, texts: Path | None = None) -> str:
+    """``detect_format`` of what ``open_corpus`` would read, checked without reading it (a
+    TSV needs its texts): commands call it before loading any model."""
+    fmt = detect_format(corpus_path(path))
+    if fmt == "tsv" and texts is None:
+        raise CorpusError(path, "a TSV corpus needs the folder of its texts (--texts)")
+    return fmt
+
+
 def open_corpus(path: Path, *, texts: Path | None = None, lenient: bool = False,
                 report: ReadReport | None = None, classes: tuple[str, ...] = CLASSES,
                 label_map: dict[str, str] | None = None) -> Iterator[Document]:
     """Any supported corpus, by its layout (a `pipeline run` output: its predictions); a
     TSV needs the folder of its texts."""
     path = corpus_path(path)
-    fmt = detect_format(path)
+    fmt = corpus_layout(path, texts)
     common = {"lenient": lenient, "report": report, "classes": classes}
     if fmt in ("brat", "txt"):
         return read_brat(path, label_map=label_map, **common)
@@ -407,6 +416,4 @@ def open_corpus(path: Path, *, texts: Path | None = None, lenient: bool = False,
         return read_multiclinner(path, label_map=label_map, **common)
     if fmt == "jsonl":
         return read_jsonl(path, **common)
-    if texts is None:
-        raise CorpusError(path, "a TSV corpus needs the folder of its texts (--texts)")
     return read_tsv_corpus(path, texts, label_map=label_map, **common)

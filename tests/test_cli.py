@@ -48,6 +48,25 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
                    "--output", str(tmp_path / "out"))
     assert out.returncode == 2 and "no ensemble manifest" in out.stderr
     assert "Traceback" not in out.stderr
+    # what needs no model is checked before any loads (the ensemble here is no ensemble),
+    # and a refused run leaves no output folder behind
+    th = tmp_path / "thresholds.json"
+    th.write_text('{"default": {"stage1": 2}}')
+    for options, problem in (
+            (["--input", str(tmp_path / "absent")], "absent: does not exist"),
+            (["--input", str(tmp_path / "o.tsv")], "needs the folder of its texts"),
+            (["--input", str(tmp_path / "c"), "--thresholds", str(th)], "not a valid thresholds")):
+        (tmp_path / "o.tsv").write_text("filename\tlabel\tstart_span\tend_span\ttext\n")
+        out = pipeline("run", "--ensemble", str(tmp_path / "none"), "--output",
+                       str(tmp_path / "refused"), *options)
+        assert out.returncode == 2 and problem in out.stderr, out.stderr
+        assert not (tmp_path / "refused").exists()
+    th.write_text("{}")  # the defaults
+    for command in ("tune", "ablate"):
+        out = pipeline(command, "--ensemble", str(tmp_path / "none"), "--gold",
+                       str(tmp_path / "absent"), "--out", str(tmp_path / "t"),
+                       *(["--thresholds", str(th)] * (command == "ablate")))
+        assert out.returncode == 2 and "absent: does not exist" in out.stderr, out.stderr
 
 
 def test_bad_config_files_are_one_line_naming_file_and_key(tmp_path, tiny_ensemble):

@@ -46,7 +46,7 @@ def run_command(
 
     Killed at any moment, the same command continues where it stopped."""
     from pipeline.errors import ReadReport
-    from pipeline.readers import brat_stems, corpus_path, detect_format, open_corpus, stem_id
+    from pipeline.readers import brat_stems, corpus_layout, open_corpus, stem_id
     from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend, warn_unfit
     from pipeline.run import check_formats, in_shard, parse_shard, run_pipeline
     from pipeline.thresholds import Thresholds
@@ -56,18 +56,19 @@ def run_command(
     formats = [f.strip() for f in format.split(",") if f.strip()]
     check_formats(formats)
     resolve_backend(llm, llm_backend, llm_url)
+    layout = corpus_layout(input, texts)  # a missing or unknown input: say so now
+    th = Thresholds.load(thresholds) if thresholds else Thresholds.uniform(stage1_threshold,
+                                                                           stage2_threshold)
     with folder_lock(output, "pipeline run"):  # before the slow loads: a second one stops now
         ens = load_ensemble(ensemble, inference_config)
         cache = cache_dir or ensemble / "cache"
-        th = Thresholds.load(thresholds) if thresholds else Thresholds.uniform(stage1_threshold,
-                                                                               stage2_threshold)
         scorer = load_llm(llm, llm_backend, llm_url, cache)
         warn_unfit(th, ens, scorer, str(thresholds) if thresholds else "thresholds")
         report = ReadReport()
         docs = open_corpus(input, texts=texts, lenient=True, report=report,
                            classes=tuple(ens.classes))
         total = sum(in_shard(stem_id(stem), share) for stem in brat_stems(input)) \
-            if detect_format(corpus_path(input)) in ("brat", "txt") else None  # this shard's documents
+            if layout in ("brat", "txt") else None  # this shard's documents
         settings = {"ensemble": ens.identity, "inference": ens.output_settings,
                     "llm": scorer.identity if scorer else None,
                     "thresholds": th.model_dump(), "formats": sorted(formats), "shard": shard,

@@ -23,6 +23,15 @@ Subset = Annotated[str, typer.Option(help="i/n: use only this share of the gold 
                                           "(e.g. tune on 0/2, ablate on 1/2).")]
 
 
+def check_gold(gold: Path, subset: str) -> None:
+    """What ``gold_documents`` would refuse, found without reading: before the models load."""
+    from pipeline.readers import corpus_layout
+    from pipeline.run import parse_shard
+
+    corpus_layout(gold)
+    parse_shard(subset, "--subset")
+
+
 def gold_documents(gold: Path, subset: str, classes):
     from pipeline.readers import open_corpus
     from pipeline.run import in_shard, parse_shard
@@ -70,6 +79,7 @@ def tune_command(
         raise PipelineError(f"--objective must be char_f1 or strict_f1, not {objective!r}")
     grid = parse_grid(t1_grid) if t1_grid else T1_GRID
     resolve_backend(llm, llm_backend, llm_url)
+    check_gold(gold, subset)
     ens = load_ensemble(ensemble, inference_config)
     docs = gold_documents(gold, subset, ens.classes)  # before the (slow) LLM loads
     cache = cache_dir or ensemble / "cache"
@@ -124,6 +134,7 @@ def ablate_command(
 
     tuned = Thresholds.load(thresholds)  # before the (slow) model loads: fail fast
     resolve_backend(llm, llm_backend, llm_url)
+    check_gold(gold, subset)
     ens = load_ensemble(ensemble, inference_config)
     docs = gold_documents(gold, subset, ens.classes)
     cache = cache_dir or ensemble / "cache"
