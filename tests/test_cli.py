@@ -132,6 +132,10 @@ def test_bad_option_values_are_usage_errors_without_traceback(tmp_path, tiny_ens
         # no LLM to go with the URL: said before anything loads (this ensemble does not exist)
         out = pipeline(*command, "--ensemble", str(tmp_path / "none"), "--llm-url", "http://h:9")
         assert out.returncode == 2 and "were given but no LLM (--llm" in out.stderr, out.stderr
+        # an LLM folder that does not exist: said before anything loads
+        out = pipeline(*command, "--ensemble", str(tmp_path / "none"), "--llm",
+                       str(tmp_path / "no-llm"))
+        assert out.returncode == 2 and "'--llm'" in out.stderr and "does not exist" in out.stderr
     out = pipeline("evaluate", "--no-such-option")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
 

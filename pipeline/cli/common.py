@@ -13,6 +13,10 @@ import typer
 InferenceConfigOption = Annotated[Path | None, typer.Option(
     help="InferenceConfig JSON for the ensemble (batch_size, device, bf16, compile, "
          "width_multiple, max_length, stride; unknown keys fail).")]
+LlmOption = Annotated[Path | None, typer.Option(
+    exists=True, file_okay=False,
+    help="Re-ranker model folder (its tokenizer builds the prompts; with --llm-url, the "
+         "model the servers serve); none: the ensemble alone.")]
 LlmBackendOption = Annotated[str | None, typer.Option(
     help="vllm (in-process), openai (servers by --llm-url) or hf. Default: openai with "
          "--llm-url, else vllm where installed, else hf.")]

@@ -13,6 +13,7 @@ from pipeline.cli.common import (
     CacheDirOption,
     InferenceConfigOption,
     LlmBackendOption,
+    LlmOption,
     LlmUrlOption,
     follow_llm,
     progress_display,
@@ -24,8 +25,7 @@ def run_command(
     ensemble: Annotated[Path, typer.Option(help="Ensemble folder (from `pipeline train`).")],
     input: Annotated[Path, typer.Option(help="Corpus to annotate (any supported layout).")],
     output: Annotated[Path, typer.Option(help="Output folder (parts, predictions, summary).")],
-    llm: Annotated[str | None, typer.Option(help="Re-ranker model folder; none: the ensemble "
-                                                 "alone.")] = None,
+    llm: LlmOption = None,
     llm_backend: LlmBackendOption = None,
     llm_url: LlmUrlOption = None,
     stage1_threshold: Annotated[float, typer.Option(
