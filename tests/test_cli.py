@@ -46,6 +46,10 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     assert "a.ann:1: span 0-9 lies outside the text" in out.stderr
     out = pipeline("run", "--ensemble", str(tmp_path / "none"), "--input", str(tmp_path / "c"),
                    "--output", str(tmp_path / "out"))
+    assert out.returncode == 2 and "'--ensemble': dir" in out.stderr and "does not exist" in out.stderr
+    (tmp_path / "none").mkdir()  # a folder, but no ensemble
+    out = pipeline("run", "--ensemble", str(tmp_path / "none"), "--input", str(tmp_path / "c"),
+                   "--output", str(tmp_path / "out"))
     assert out.returncode == 2 and "no ensemble manifest" in out.stderr
     assert "Traceback" not in out.stderr
     # what needs no model is checked before any loads (the ensemble here is no ensemble),
@@ -129,11 +133,11 @@ def test_bad_option_values_are_usage_errors_without_traceback(tmp_path, tiny_ens
     assert out.returncode == 2 and "(--llm-url) are for the openai backend" in out.stderr, out.stderr
     for command in (["run", "--input", str(tmp_path / "gold"), "--output", str(tmp_path / "o")],
                     ["tune", "--gold", str(tmp_path / "gold"), "--out", str(tmp_path / "t.json")]):
-        # no LLM to go with the URL: said before anything loads (this ensemble does not exist)
-        out = pipeline(*command, "--ensemble", str(tmp_path / "none"), "--llm-url", "http://h:9")
+        # no LLM to go with the URL: said before anything loads (this folder is no ensemble)
+        out = pipeline(*command, "--ensemble", str(tmp_path), "--llm-url", "http://h:9")
         assert out.returncode == 2 and "were given but no LLM (--llm" in out.stderr, out.stderr
         # an LLM folder that does not exist: said before anything loads
-        out = pipeline(*command, "--ensemble", str(tmp_path / "none"), "--llm",
+        out = pipeline(*command, "--ensemble", str(tmp_path), "--llm",
                        str(tmp_path / "no-llm"))
         assert out.returncode == 2 and "'--llm'" in out.stderr and "does not exist" in out.stderr
     out = pipeline("evaluate", "--no-such-option")

@@ -13,6 +13,8 @@ import typer
 InferenceConfigOption = Annotated[Path | None, typer.Option(
     help="InferenceConfig JSON for the ensemble (batch_size, device, bf16, compile, "
          "width_multiple, max_length, stride; unknown keys fail).")]
+EnsembleOption = Annotated[Path, typer.Option(
+    exists=True, file_okay=False, help="Ensemble folder (from `pipeline train`).")]
 LlmOption = Annotated[Path | None, typer.Option(
     exists=True, file_okay=False,
     help="Re-ranker model folder (its tokenizer builds the prompts; with --llm-url, the "

@@ -11,6 +11,7 @@ import typer
 from pipeline.cli import app
 from pipeline.cli.common import (
     CacheDirOption,
+    EnsembleOption,
     InferenceConfigOption,
     LlmBackendOption,
     LlmOption,
@@ -22,7 +23,7 @@ from pipeline.cli.common import (
 
 @app.command("run")
 def run_command(
-    ensemble: Annotated[Path, typer.Option(help="Ensemble folder (from `pipeline train`).")],
+    ensemble: EnsembleOption,
     input: Annotated[Path, typer.Option(help="Corpus to annotate (any supported layout).")],
     output: Annotated[Path, typer.Option(help="Output folder (parts, predictions, summary).")],
     llm: LlmOption = None,

@@ -12,6 +12,7 @@ import typer
 from pipeline.cli import app
 from pipeline.cli.common import (
     CacheDirOption,
+    EnsembleOption,
     InferenceConfigOption,
     LlmBackendOption,
     LlmOption,
@@ -58,7 +59,7 @@ def parse_grid(text: str) -> tuple[float, ...]:
 
 @app.command("tune")
 def tune_command(
-    ensemble: Annotated[Path, typer.Option(help="Ensemble folder.")],
+    ensemble: EnsembleOption,
     gold: Annotated[Path, typer.Option(help="Gold corpus to tune on.")],
     out: Annotated[Path, typer.Option(help="thresholds.json to write (a heat map PNG beside).")],
     llm: LlmOption = None,
@@ -117,7 +118,7 @@ def tune_command(
 
 @app.command("ablate")
 def ablate_command(
-    ensemble: Annotated[Path, typer.Option(help="Ensemble folder.")],
+    ensemble: EnsembleOption,
     gold: Annotated[Path, typer.Option(help="Gold corpus to report on.")],
     thresholds: Annotated[Path, typer.Option(help="thresholds.json from `pipeline tune`.")],
     out: Annotated[Path, typer.Option(help="Folder for ablation.md, ablation.json, pr.png.")],
