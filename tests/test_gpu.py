@@ -54,11 +54,9 @@ def test_bf16_by_default_on_the_device_stays_near_fp32(member):
 
 
 def test_compiled_forward_on_the_device_equals_eager(member):
-    bf16 = True
-    eager = runner_probs(member, InferenceConfig(device=DEVICE, bf16=bf16, width_multiple=16,
-                                                 **WINDOWS), LONG_AND_SHORT)
-    compiled = runner_probs(member, InferenceConfig(device=DEVICE, bf16=bf16, width_multiple=16,
-                                                    compile=True, **WINDOWS), LONG_AND_SHORT)
+    base = dict(device=DEVICE, bf16=True, width_multiple=16, **WINDOWS)
+    eager = runner_probs(member, InferenceConfig(**base), LONG_AND_SHORT)
+    compiled = runner_probs(member, InferenceConfig(**base, compile=True), LONG_AND_SHORT)
     assert np.abs(eager - compiled).max() < 0.02
 
 
