@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import islice, zip_longest
 from pathlib import Path
 
 from pipeline.documents import Document, Span
@@ -117,7 +117,8 @@ def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thr
     records = []
     for d, found, spans, n in zip(docs, candidates, kept, too_long):
         if not d.text.strip():
-            records.append({"id": d.id, "status": "empty", "text": d.text, "spans": []})
+            records.append({"id": d.id, "status": "empty", "text": d.text,
+                            "entity_class": d.entity_class, "spans": []})
             continue
         out = Document(d.id, d.text, d.lang, d.entity_class, spans)
         record = json.loads(jsonl_record(out))
@@ -129,6 +130,25 @@ def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thr
             record["too_long"] = n
         records.append(record)
     return records
+
+
+def check_part(part: Path, chunk: Sequence[Document], records: Sequence[dict]) -> None:
+    """Refuse a part written before a crash for other documents than ``chunk``: a corpus
+    that changed in between (a document added, removed, renamed or edited) no longer lines
+    up with the parts, and resuming would drop some documents and write others twice."""
+    for i, (doc, record) in enumerate(zip_longest(chunk, records)):
+        same = doc is not None and record is not None and record["id"] == doc.id and \
+            record["text"] == doc.text and \
+            record.get("entity_class", doc.entity_class) == doc.entity_class
+        if not same:
+            now = "nothing" if doc is None else f"document {doc.id!r}"
+            then = "nothing" if record is None else f"document {record['id']!r}"
+            if doc is not None and record is not None and record["id"] == doc.id:
+                now, then = f"{now} as it reads now", "its earlier text or class"
+            raise PipelineError(
+                f"{part}: item {i + 1} of this part is {then}, but the corpus gives {now} "
+                "there: the corpus has changed since this run began. Use another --output or "
+                "delete this one (cached probabilities and LLM scores make the rerun quick)")
 
 
 def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
@@ -145,11 +165,17 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
         parts.mkdir(exist_ok=True)
         summary = RunSummary()
         mine = (d for d in docs if in_shard(d.id, shard))
+        n_parts = 0
         for k, chunk in enumerate(chunked(mine, chunk_size)):
+            n_parts = k + 1
             part = parts / f"{k:06d}.jsonl"
-            if part.exists():  # done before a crash: keep it
-                for record in part_records(part):
+            if part.exists():  # done before a crash: keep it, if made of these documents
+                records = list(part_records(part))
+                check_part(part, chunk, records)
+                for record in records:
                     summary.add(record)
+                if on_chunk:
+                    on_chunk(summary, len(chunk))
                 continue
             try:
                 records = process_chunk(chunk, ensemble=ensemble, scorer=scorer,
@@ -164,12 +190,20 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
                                                  summary=summary)
                     except (ValueError, RuntimeError) as one:
                         records.append({"id": doc.id, "status": "failed", "reason": str(one),
-                                        "text": doc.text, "spans": []})
+                                        "text": doc.text, "entity_class": doc.entity_class,
+                                        "spans": []})
             atomic_write(part, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             for r in records:
                 summary.add(r)
             if on_chunk:
                 on_chunk(summary, len(chunk))
+        beyond = sorted(p for p in parts.glob("*.jsonl") if p.stem.isdigit() and
+                        int(p.stem) >= n_parts)
+        if beyond:  # the final outputs would hold documents that the corpus no longer has
+            raise PipelineError(
+                f"{beyond[0]}: the corpus now ends before this part ({n_parts} part"
+                f"{'' if n_parts == 1 else 's'} of {chunk_size} documents): the corpus has changed "
+                "since this run began. Use another --output or delete this one")
         for doc_id, reason in unreadable:  # each shard reports its own
             if in_shard(doc_id, shard):
                 summary.failed.append((doc_id, reason))

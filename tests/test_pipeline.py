@@ -309,6 +309,54 @@ def test_killed_runs_resume_to_identical_outputs(tmp_path, tiny_ensemble):
         assert ann.read_bytes() == (tmp_path / "killed" / "brat" / ann.name).read_bytes()
 
 
+def interrupted(out: Path, last_parts: int = 1) -> None:
+    """Make a finished run look like one killed before its last ``last_parts`` parts."""
+    for part in sorted((out / "parts").glob("*.jsonl"))[-last_parts:]:
+        part.unlink()
+    (out / "summary.json").unlink()
+
+
+@pytest.mark.parametrize("change", ["added", "edited", "removed", "truncated"])
+def test_resuming_after_the_corpus_changed_is_refused(tmp_path, tiny_ensemble, change):
+    """Parts kept from before a crash must hold the documents the corpus gives now: one
+    document added in front used to shift every chunk by one, so that the resumed run wrote
+    one document twice and lost the new one, with totals that looked right."""
+    corpus = make_corpus(tmp_path / "corpus", broken=False)  # 13 documents: parts of 4
+    run(tmp_path, tiny_ensemble)
+    interrupted(tmp_path / "out")
+    if change == "added":
+        (corpus / "aaa.txt").write_text("Paciente con neumonía grave.")
+        where = "000000.jsonl: item 1 of this part is document 'doc00', but the corpus " \
+                "gives document 'aaa'"
+    elif change == "edited":
+        (corpus / "doc05.txt").write_text("Paciente con neumonía grave.")
+        where = "000001.jsonl: item 2 of this part is its earlier text or class"
+    elif change == "removed":
+        (corpus / "doc03.txt").unlink()
+        where = "000000.jsonl: item 4 of this part is document 'doc03', but the corpus " \
+                "gives document 'doc04'"
+    else:  # the corpus now ends with the kept parts: the last one must not outlive it
+        for name in ("doc08", "doc09", "doc10", "doc11", "empty"):
+            (corpus / f"{name}.txt").unlink()
+        where = "000002.jsonl: the corpus now ends before this part"
+    with pytest.raises(PipelineError, match="the corpus has changed since this run began") as e:
+        run(tmp_path, tiny_ensemble)
+    assert where in str(e.value)
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_an_unchanged_corpus_resumes_from_its_parts(tmp_path, tiny_ensemble):
+    make_corpus(tmp_path / "corpus")
+    first = run(tmp_path, tiny_ensemble).as_dict()
+    before = (tmp_path / "out" / "predictions.tsv").read_bytes()
+    interrupted(tmp_path / "out", last_parts=2)
+    seen = []
+    again = run(tmp_path, tiny_ensemble, on_chunk=lambda s, n: seen.append(n)).as_dict()
+    first.pop("seconds"), again.pop("seconds")
+    assert again == first and (tmp_path / "out" / "predictions.tsv").read_bytes() == before
+    assert sum(seen) == 13  # kept parts count in the progress too
+
+
 def test_tuning_sweep_equals_the_metrics_and_ablation_runs(tmp_path, tiny_ensemble, tiny_llm_dir):
     from pipeline.ablate import ablate, markdown
     from stage2_rerank import load_scorer
