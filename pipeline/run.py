@@ -137,18 +137,22 @@ def check_part(part: Path, chunk: Sequence[Document], records: Sequence[dict]) -
     that changed in between (a document added, removed, renamed or edited) no longer lines
     up with the parts, and resuming would drop some documents and write others twice."""
     for i, (doc, record) in enumerate(zip_longest(chunk, records)):
-        same = doc is not None and record is not None and record["id"] == doc.id and \
-            record["text"] == doc.text and \
-            record.get("entity_class", doc.entity_class) == doc.entity_class
-        if not same:
-            now = "nothing" if doc is None else f"document {doc.id!r}"
-            then = "nothing" if record is None else f"document {record['id']!r}"
-            if doc is not None and record is not None and record["id"] == doc.id:
-                now, then = f"{now} as it reads now", "its earlier text or class"
-            raise PipelineError(
-                f"{part}: item {i + 1} of this part is {then}, but the corpus gives {now} "
-                "there: the corpus has changed since this run began. Use another --output or "
-                "delete this one (cached probabilities and LLM scores make the rerun quick)")
+        if record is None:
+            n = len(records)
+            what = f"it holds {n} document{'' if n == 1 else 's'}, and the corpus now has " \
+                   f"{doc.id!r} next"
+        elif doc is None:
+            what = f"it holds {record['id']!r} past the corpus's documents here"
+        elif record["id"] != doc.id:
+            what = f"its document {i + 1} is {record['id']!r}, and the corpus's is now {doc.id!r}"
+        elif record["text"] != doc.text or \
+                record.get("entity_class", doc.entity_class) != doc.entity_class:
+            what = f"document {doc.id!r} reads otherwise now (its text or class)"
+        else:
+            continue
+        raise PipelineError(f"{part}: {what}: the corpus has changed since this run began. Use "
+                            "another --output or delete this one (cached probabilities and LLM "
+                            "scores make the rerun quick)")
 
 
 def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,

@@ -311,30 +311,32 @@ def test_killed_runs_resume_to_identical_outputs(tmp_path, tiny_ensemble):
 
 def interrupted(out: Path, last_parts: int = 1) -> None:
     """Make a finished run look like one killed before its last ``last_parts`` parts."""
-    for part in sorted((out / "parts").glob("*.jsonl"))[-last_parts:]:
+    parts = sorted((out / "parts").glob("*.jsonl"))
+    for part in parts[len(parts) - last_parts:]:
         part.unlink()
     (out / "summary.json").unlink()
 
 
-@pytest.mark.parametrize("change", ["added", "edited", "removed", "truncated"])
+@pytest.mark.parametrize("change", ["added", "edited", "removed", "truncated", "appended"])
 def test_resuming_after_the_corpus_changed_is_refused(tmp_path, tiny_ensemble, change):
     """Parts kept from before a crash must hold the documents the corpus gives now: one
     document added in front used to shift every chunk by one, so that the resumed run wrote
     one document twice and lost the new one, with totals that looked right."""
     corpus = make_corpus(tmp_path / "corpus", broken=False)  # 13 documents: parts of 4
     run(tmp_path, tiny_ensemble)
-    interrupted(tmp_path / "out")
+    interrupted(tmp_path / "out", last_parts=0 if change == "appended" else 1)
     if change == "added":
         (corpus / "aaa.txt").write_text("Paciente con neumonía grave.")
-        where = "000000.jsonl: item 1 of this part is document 'doc00', but the corpus " \
-                "gives document 'aaa'"
+        where = "000000.jsonl: its document 1 is 'doc00', and the corpus's is now 'aaa'"
     elif change == "edited":
         (corpus / "doc05.txt").write_text("Paciente con neumonía grave.")
-        where = "000001.jsonl: item 2 of this part is its earlier text or class"
+        where = "000001.jsonl: document 'doc05' reads otherwise now"
     elif change == "removed":
         (corpus / "doc03.txt").unlink()
-        where = "000000.jsonl: item 4 of this part is document 'doc03', but the corpus " \
-                "gives document 'doc04'"
+        where = "000000.jsonl: its document 4 is 'doc03', and the corpus's is now 'doc04'"
+    elif change == "appended":  # to a finished run: it would have stayed unread
+        (corpus / "zzz.txt").write_text("Paciente con neumonía grave.")
+        where = "000003.jsonl: it holds 1 document, and the corpus now has 'zzz' next"
     else:  # the corpus now ends with the kept parts: the last one must not outlive it
         for name in ("doc08", "doc09", "doc10", "doc11", "empty"):
             (corpus / f"{name}.txt").unlink()
