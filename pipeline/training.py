@@ -11,14 +11,15 @@ from pathlib import Path
 from pipeline.documents import CLASSES, Document, Span
 from pipeline.errors import PipelineError
 from pipeline.metrics import evaluate
-from pipeline.writers import folder_lock
-from stage1_ensemble.config import InferenceConfig, TrainConfig
+from pipeline.writers import atomic_write, folder_lock
+from stage1_ensemble.config import InferenceConfig, TrainConfig, load_config
 from stage1_ensemble.decode import decode_batch
 from stage1_ensemble.ensemble import (
     Manifest,
     Member,
     data_hash,
     model_folder_problem,
+    read_manifest,
     write_manifest,
 )
 
@@ -117,7 +118,7 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
                                  for d in docs])
         manifest_path = out / "ensemble.json"
         if manifest_path.exists():
-            old = Manifest.model_validate_json(manifest_path.read_text())
+            old = read_manifest(out)
             if old.data_hash != corpus_hash:
                 raise ValueError(f"{manifest_path}: was trained on other data "
                                  f"({old.data_hash} vs {corpus_hash}); use another --out")
@@ -213,7 +214,10 @@ def train_one(name: str, cls: str, encoder: str, fold: int, n_folds: int,
     done = member_file(out, name)
     held_out = [d for d in docs if n_folds > 1 and fold_of(d.id, n_folds, group_pattern) == fold]
     if done.exists():  # finished before a crash or an earlier run: keep it
-        member = Member.model_validate_json(done.read_text())
+        try:
+            member = load_config(done, Member, "member record")
+        except ValueError as exc:  # written atomically now; a version before may have left half
+            raise PipelineError(f"{exc}; delete {member_dir} to train this member again") from None
         changed = kept_member_changes(member, n_folds, config)
         if changed:  # keeping it would mix members of two recipes or two fold splits
             raise PipelineError(f"{done}: this member was trained with other settings "
@@ -222,7 +226,7 @@ def train_one(name: str, cls: str, encoder: str, fold: int, n_folds: int,
         if held_out and "best_threshold" not in member.validation:
             # trained by a version that scored one threshold only: score the grid now
             member.validation = validate_member(out / member.path, held_out, cls)
-            done.write_text(member.model_dump_json(indent=2))
+            atomic_write(done, member.model_dump_json(indent=2))
         if on_member:
             on_member(name, "kept")
         return member
@@ -238,5 +242,5 @@ def train_one(name: str, cls: str, encoder: str, fold: int, n_folds: int,
                     path=str(model_dir.relative_to(out)), tokenizer=encoder,
                     config=config.model_dump(), train_documents=len(train_docs),
                     validation=validate_member(model_dir, held_out, cls))
-    done.write_text(member.model_dump_json(indent=2))
+    atomic_write(done, member.model_dump_json(indent=2))
     return member

@@ -98,6 +98,29 @@ def test_an_ensemble_whose_training_has_not_finished_is_refused(tmp_path):
     assert finished.identity() == finished.model_copy(update={"planned": []}).identity()
 
 
+def test_a_damaged_member_record_is_named_not_a_validation_traceback(tmp_path):
+    """member.json marks a member done; one left empty (a crash while an older version
+    wrote it, which it did in place) stops training in one line that names the file and
+    says what to do."""
+    from pipeline.errors import PipelineError
+    from tests.tiny_models import tiny_bert_encoder
+
+    encoder = tiny_bert_encoder(tmp_path / "encoder")
+    config = TrainConfig(max_steps=1, warmup_steps=0, batch_size=2, max_length=64, stride=8)
+    out = tmp_path / "ens"
+    train_ensemble(two_docs(), out=out, encoders=[str(encoder)], classes=["DISEASE"],
+                   config=config)
+    record = next(out.glob("*/member.json"))
+    assert not list(out.glob("*/.member.json.tmp*"))  # written whole, then moved in place
+    record.write_text("")
+    with pytest.raises(PipelineError) as e:
+        train_ensemble(two_docs(), out=out, encoders=[str(encoder)], classes=["DISEASE"],
+                       config=config)
+    assert str(e.value).startswith(f"{record}: not a valid member record: ")
+    assert str(e.value).endswith(f"; delete {record.parent} to train this member again")
+    assert "\n" not in str(e.value)
+
+
 def test_validation_scores_the_default_threshold_and_finds_the_best(overfit_ensemble):
     from pipeline.training import VALIDATION_GRID, validate_member
 

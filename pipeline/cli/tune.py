@@ -20,6 +20,7 @@ from pipeline.cli.common import (
     llm_progress,
 )
 from pipeline.errors import PipelineError
+from pipeline.writers import atomic_write
 
 Subset = Annotated[str, typer.Option(help="i/n: use only this share of the gold documents "
                                           "(e.g. tune on 0/2, ablate on 1/2).")]
@@ -96,7 +97,7 @@ def tune_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     tuned = thresholds_from(results, objective, ensemble=ens.identity,
                             llm=scorer.identity if scorer is not None else None)
-    out.write_text(tuned.model_dump_json(indent=2))
+    atomic_write(out, tuned.model_dump_json(indent=2))  # hours of tuning: never half a file
     heatmaps(results, objective, out.with_suffix(".png"))
     for cls, r in results.items():
         if "untuned" in r:
