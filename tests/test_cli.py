@@ -3,6 +3,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def pipeline(*args: str) -> subprocess.CompletedProcess:
@@ -71,6 +74,24 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
                        str(tmp_path / "absent"), "--out", str(tmp_path / "t"),
                        *(["--thresholds", str(th)] * (command == "ablate")))
         assert out.returncode == 2 and "absent: does not exist" in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_what_the_machine_refuses_is_one_line_without_traceback(tmp_path):
+    """A folder that cannot be made or a full disk is no bug of ours: one line naming it."""
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text("fiebre alta")
+    (tmp_path / "c" / "a.ann").write_text("T1\tSINTOMA 0 6\tfiebre\n")
+    out = pipeline("convert", "--input", str(tmp_path / "c"), "--output", "/dev/null/out",
+                   "--format", "brat")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == ["error: [Errno 20] Not a directory: '/dev/null/out'"]
+    with open("/dev/full", "w") as full:  # every write: "No space left on device"
+        out = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", "--gold",
+                              str(tmp_path / "c"), "--pred", str(tmp_path / "c"), "--json"],
+                             stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "error: [Errno 28] No space left on device"
 
 
 def test_bad_config_files_are_one_line_naming_file_and_key(tmp_path, tiny_ensemble):

@@ -6,12 +6,18 @@ logging and chooses exit codes. Bad input ends with one line naming the file and
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
 import typer
 
 from pipeline.errors import PipelineError
+
+# What the machine refuses rather than what the code gets wrong: a folder that cannot be
+# written, a full disk. One line, as for bad input; anything else keeps its traceback.
+REFUSALS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOTDIR,
+            errno.EISDIR, errno.ENAMETOOLONG}
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Two-stage clinical NER: DISEASE, SYMPTOM and PROCEDURE spans.")
@@ -43,6 +49,11 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in REFUSALS:
+            raise
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
