@@ -58,11 +58,15 @@ def atomic_write(path: Path, content: str) -> None:
     """Write ``content`` so that a crash leaves either the old file or the new one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, say: leave no half file taking up what space is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 LOCK_NAME = ".lock"

@@ -16,7 +16,7 @@ from pipeline.readers import (
     read_tsv_corpus,
     read_tsv_spans,
 )
-from pipeline.writers import clean_tsv_text, write_brat, write_jsonl, write_tsv
+from pipeline.writers import atomic_write, clean_tsv_text, write_brat, write_jsonl, write_tsv
 
 
 def brat(tmp_path: Path, text: str | bytes, ann: str, name: str = "d1") -> Path:
@@ -219,3 +219,20 @@ def test_ids_that_are_no_file_names_round_trip_through_brat_inside_its_folder(tm
     write_tsv(docs, tmp_path / "o.tsv")  # a TSV corpus finds its texts by the same names
     assert sorted(d.id for d in read_tsv_corpus(tmp_path / "o.tsv", tmp_path / "brat")) \
         == sorted(ids)
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_half_one(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    path = tmp_path / "summary.json"
+    atomic_write(path, "old")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(path, "new" * 1000)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
