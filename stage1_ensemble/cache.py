@@ -60,12 +60,15 @@ class CharProbCache:
                            self.path.parent / "charprobs")
         self.ensemble_id = ensemble_id
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS probs (ensemble TEXT NOT NULL, class TEXT "
-                         "NOT NULL, text BLOB NOT NULL, data BLOB NOT NULL, "
-                         "PRIMARY KEY (ensemble, class, text)) WITHOUT ROWID")
+        try:
+            self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS probs (ensemble TEXT NOT NULL, class "
+                             "TEXT NOT NULL, text BLOB NOT NULL, data BLOB NOT NULL, "
+                             "PRIMARY KEY (ensemble, class, text)) WITHOUT ROWID")
+        except sqlite3.Error as exc:  # a read-only folder, a full disk: say which file
+            raise sqlite3.OperationalError(f"{self.path}: {exc}") from None
 
     def get_many(self, cls: str, texts: Sequence[str]) -> list[np.ndarray | None]:
         """The stored probabilities of each text (None where there are none)."""
@@ -91,13 +94,16 @@ class CharProbCache:
             rows.append((self.ensemble_id, cls, text_key(text), blob))
             out.append(stored)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")  # waits (up to the timeout) for other writers
             try:
+                self._db.execute("BEGIN IMMEDIATE")  # waits (up to the timeout) for writers
                 self._db.executemany("INSERT OR REPLACE INTO probs VALUES (?, ?, ?, ?)", rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise sqlite3.OperationalError(f"{self.path}: {exc}") from None
                 raise
-            self._db.execute("COMMIT")
         return out
 
     def get(self, cls: str, text: str) -> np.ndarray | None:

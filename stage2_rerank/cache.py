@@ -18,10 +18,13 @@ class ScoreCache:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS scores (model TEXT NOT NULL, "
-                         "prompt TEXT NOT NULL, score REAL, PRIMARY KEY (model, prompt))")
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS scores (model TEXT NOT NULL, "
+                             "prompt TEXT NOT NULL, score REAL, PRIMARY KEY (model, prompt))")
+        except sqlite3.Error as exc:  # a read-only folder, a full disk: say which file
+            raise sqlite3.OperationalError(f"{self.path}: {exc}") from None
 
     def get_many(self, model: str, keys: Sequence[str]) -> list[float | None]:
         found: dict[str, float] = {}
@@ -45,11 +48,11 @@ class ScoreCache:
                                      [(model, k, float(v)) for k, v in items])
                 self._db.execute("COMMIT")
                 return
-            except sqlite3.OperationalError:
+            except sqlite3.OperationalError as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 if attempt == 4:
-                    raise
+                    raise sqlite3.OperationalError(f"{self.path}: {exc}") from None
                 time.sleep(0.1 * 2**attempt)
 
     def __len__(self) -> int:

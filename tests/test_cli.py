@@ -94,6 +94,22 @@ def test_what_the_machine_refuses_is_one_line_without_traceback(tmp_path):
     assert out.stderr.strip().splitlines()[-1] == "error: [Errno 28] No space left on device"
 
 
+def test_a_cache_that_cannot_be_opened_is_one_line_naming_it(tmp_path, tiny_ensemble):
+    """An ensemble in a read-only model store keeps its default cache folder unwritable;
+    SQLite then says "unable to open database file", which named no file and came as a
+    traceback. (A folder where the database file belongs stands in for that here.)"""
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text("fiebre")
+    blocked = tmp_path / "cache" / "charprobs.sqlite"
+    blocked.mkdir(parents=True)
+    out = pipeline("run", "--ensemble", str(tiny_ensemble), "--input", str(tmp_path / "c"),
+                   "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: {blocked}: unable to open database file (--cache-dir puts the caches in "
+        "another folder)")
+
+
 def test_bad_config_files_are_one_line_naming_file_and_key(tmp_path, tiny_ensemble):
     bad = tmp_path / "inference.json"
     bad.write_text('{"batch_size": "many", "bach_size": 4}')

@@ -326,6 +326,18 @@ def _write_scores(path: str, start: int) -> None:
         cache.put_many("m", [(f"k{j}", (j % 100) / 100) for j in range(i, i + 10)])
 
 
+def test_a_cache_file_that_cannot_be_opened_is_named(tmp_path):
+    import re
+    import sqlite3
+
+    from stage2_rerank.cache import ScoreCache
+
+    (tmp_path / "scores.sqlite").mkdir()  # where the database file belongs
+    where = re.escape(str(tmp_path / "scores.sqlite"))
+    with pytest.raises(sqlite3.OperationalError, match=rf"^{where}: unable to open database file$"):
+        ScoreCache(tmp_path / "scores.sqlite")
+
+
 def test_cache_is_safe_when_two_processes_write(tmp_path):
     import multiprocessing
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sqlite3
 import sys
 
 import typer
@@ -53,6 +54,10 @@ def main() -> None:
         if exc.errno not in REFUSALS:
             raise
         typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    except sqlite3.Error as exc:  # a cache that cannot be opened or written (the file is named)
+        typer.secho(f"error: {exc} (--cache-dir puts the caches in another folder)", fg="red",
+                    err=True)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
