@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -39,8 +40,8 @@ def main() -> None:
     from pipeline.offline_models import minilm_encoder, smollm2
     from pipeline.readers import open_corpus
     from pipeline.recognizer import char_cache, default_backend
-    from pipeline.run import in_shard, run_pipeline
-    from pipeline.training import train_ensemble
+    from pipeline.run import run_pipeline
+    from pipeline.training import in_subset, train_ensemble
     from pipeline.tune import collect, heatmaps, thresholds_from, tune_class
     from stage1_ensemble.config import TrainConfig
     from stage1_ensemble.ensemble import Ensemble
@@ -71,8 +72,8 @@ def main() -> None:
                          **({"dtype": "float32"} if backend == "vllm" else {}))
 
     dev = list(open_corpus(args.dev))
-    tune_docs = [d for d in dev if in_shard(d.id, (0, 2))]
-    test_docs = [d for d in dev if not in_shard(d.id, (0, 2))]
+    tune_docs = [d for d in dev if in_subset(d.id, (0, 2))]  # as `tune --subset 0/2`
+    test_docs = [d for d in dev if in_subset(d.id, (1, 2))]
     step(f"3. tuning both thresholds on {len(tune_docs)} dev documents")
     sets = collect(tune_docs, ensemble, scorer, char_cache=cache)
     results = {cls: tune_class(s) for cls, s in sets.items()}
@@ -91,6 +92,8 @@ def main() -> None:
     settings = {"ensemble": ensemble.identity, "inference": ensemble.output_settings,
                 "llm": scorer.identity,
                 "thresholds": tuned.model_dump(), "demo": True}
+    # a run of an earlier demo (other thresholds, say) is redone; the caches make it quick
+    shutil.rmtree(out / "run", ignore_errors=True)
     summary = run_pipeline(test_docs, out=out / "run", ensemble=ensemble, scorer=scorer,
                            thresholds=tuned, settings=settings, formats=("tsv", "jsonl"),
                            char_cache=cache)

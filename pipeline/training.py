@@ -43,6 +43,14 @@ def fold_of(doc_id: str, n_folds: int, pattern: str = DEFAULT_GROUP_PATTERN) -> 
     return int(digest, 16) % n_folds
 
 
+def in_subset(doc_id: str, part: tuple[int, int], pattern: str = DEFAULT_GROUP_PATTERN) -> bool:
+    """Is the document in share ``i`` of ``n`` (``--subset i/n``)? Shares go by document
+    group, as the folds do: tuning on one share and evaluating on another never meets the
+    same case twice, in two languages."""
+    index, count = part
+    return fold_of(doc_id, count, pattern) == index
+
+
 def slug(encoder: str) -> str:
     """A short name for an encoder: its folder's name (its parent's, for a generic one)."""
     path = Path(encoder)

@@ -359,6 +359,23 @@ def test_an_unchanged_corpus_resumes_from_its_parts(tmp_path, tiny_ensemble):
     assert sum(seen) == 13  # kept parts count in the progress too
 
 
+def test_subsets_keep_the_translations_of_a_case_together(tmp_path):
+    """`tune --subset 0/2` then `ablate --subset 1/2`: the shares went by document id, so
+    that case12_en could tune the thresholds that case12_ro then evaluated."""
+    from pipeline.cli.tune import gold_documents
+
+    gold = tmp_path / "gold"
+    gold.mkdir()
+    for case in range(12):
+        for lang in ("en", "ro", "es"):
+            (gold / f"case{case:02d}_{lang}.txt").write_text("fiebre alta")
+            (gold / f"case{case:02d}_{lang}.ann").write_text("T1\tSYMPTOM 0 6\tfiebre\n")
+    shares = [{d.id for d in gold_documents(gold, f"{i}/2", ["SYMPTOM"])} for i in range(2)]
+    assert shares[0].isdisjoint(shares[1]) and len(shares[0] | shares[1]) == 36
+    cases = [{doc_id.rsplit("_", 1)[0] for doc_id in share} for share in shares]
+    assert cases[0].isdisjoint(cases[1]) and all(cases)
+
+
 def test_tuning_sweep_equals_the_metrics_and_ablation_runs(tmp_path, tiny_ensemble, tiny_llm_dir):
     from pipeline.ablate import ablate, markdown
     from stage2_rerank import load_scorer

@@ -22,8 +22,10 @@ from pipeline.cli.common import (
 from pipeline.errors import PipelineError
 from pipeline.writers import atomic_write
 
-Subset = Annotated[str, typer.Option(help="i/n: use only this share of the gold documents "
-                                          "(e.g. tune on 0/2, ablate on 1/2).")]
+Subset = Annotated[str, typer.Option(help="i/n: use only this share of the gold documents, "
+                                          "split by document group as the folds are, so that "
+                                          "translations of a case stay together (e.g. tune "
+                                          "on 0/2, ablate on 1/2).")]
 
 
 def check_gold(gold: Path, subset: str) -> None:
@@ -37,10 +39,11 @@ def check_gold(gold: Path, subset: str) -> None:
 
 def gold_documents(gold: Path, subset: str, classes):
     from pipeline.readers import open_corpus
-    from pipeline.run import in_shard, parse_shard
+    from pipeline.run import parse_shard
+    from pipeline.training import in_subset
 
     part = parse_shard(subset, "--subset")
-    docs = [d for d in open_corpus(gold, classes=tuple(classes)) if in_shard(d.id, part)]
+    docs = [d for d in open_corpus(gold, classes=tuple(classes)) if in_subset(d.id, part)]
     if not docs:
         raise PipelineError(f"{gold}: no gold documents" +
                             (f" in --subset {subset}" if subset != "0/1" else ""))
