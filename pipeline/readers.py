@@ -10,6 +10,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -339,9 +340,16 @@ def find_multiclinner(root: Path) -> list[tuple[Path, Path, str | None, str | No
 
 def read_multiclinner(root: Path, *, classes: tuple[str, ...] = CLASSES, lenient: bool = False,
                       report: ReadReport | None = None, **options) -> Iterator[Document]:
-    """The release layout: per language and class, ``txt/`` with ``ann/`` or ``tsv/``."""
+    """The release layout: per language and class, ``txt/`` with ``ann/`` or ``tsv/``.
+
+    A tree of one language keeps the file names as document ids (as the task's TSV names
+    them). In a tree of several, the translations of a case share a file name, so the ids
+    become ``LANG/NAME`` (``en/case12``): otherwise their spans would be scored, tuned and
+    written as one document's (the fold rule still groups them as one case)."""
     report = report if report is not None else ReadReport()
-    for txt, gold, lang, cls in find_multiclinner(root):
+    parts = find_multiclinner(root)
+    several = len({lang for _, _, lang, _ in parts}) > 1
+    for txt, gold, lang, cls in parts:
         wanted = classes if cls is None else tuple(c for c in classes if c == cls)
         if cls is not None and not wanted:
             continue
@@ -353,6 +361,9 @@ def read_multiclinner(root: Path, *, classes: tuple[str, ...] = CLASSES, lenient
                              lenient=lenient, report=report, **options)
         for doc in docs:
             doc.lang, doc.entity_class = lang, cls
+            if several and lang:
+                doc.id = f"{lang}/{doc.id}"
+                doc.spans = [replace(s, doc_id=doc.id) for s in doc.spans]
             yield doc
 
 

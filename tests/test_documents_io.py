@@ -179,6 +179,33 @@ def test_multiclinner_layout_takes_language_and_class_from_path(tmp_path):
     assert got == [("en", "DISEASE", ["asthma"]), ("ro", "SYMPTOM", ["tuse"])]
 
 
+def test_multiclinner_translations_of_a_case_stay_apart(tmp_path):
+    """The release names a case's file alike in every language: read as one document id,
+    the English and Spanish spans were scored against each other's texts (here a Spanish
+    gold span that no prediction found counted 0.8 of a match)."""
+    from pipeline.corpus import load_spans
+    from pipeline.metrics import evaluate
+    from pipeline.training import document_group
+
+    root = tmp_path / "multiclinner"
+    for lang, text, word in [("en", "Has asthma.", "asthma"), ("es", "Tiene asma.", "asma")]:
+        base = root / lang / f"multiclinner_{lang}_disease"
+        (base / "txt").mkdir(parents=True)
+        (base / "ann").mkdir()
+        (base / "txt" / "c1.txt").write_text(text)
+        s = text.index(word)
+        (base / "ann" / "c1.ann").write_text(f"T1\tDISEASE {s} {s + len(word)}\t{word}\n")
+    docs = list(open_corpus(root))
+    assert [(d.id, d.lang, [sp.doc_id for sp in d.spans]) for d in docs] == \
+        [("en/c1", "en", ["en/c1"]), ("es/c1", "es", ["es/c1"])]
+    assert {document_group(d.id) for d in docs} == {"c1"}  # one case for folds and subsets
+    assert [d.id for d in open_corpus(root / "es")] == ["c1"]  # one language: the task's names
+    gold, lang_of = load_spans(root)
+    result = evaluate(gold, [s for s in gold if s.doc_id == "en/c1"], lang_of=lang_of).as_dict()
+    assert result["char_f1"]["recall"] == 0.5
+    assert {s["value"]: s["char_f1"]["recall"] for s in result["slices"]} == {"en": 1.0, "es": 0.0}
+
+
 def _docs_key(docs):
     return sorted((d.id, d.text, sorted(s.key for s in d.spans)) for d in docs)
 
