@@ -38,9 +38,10 @@ def fold_breaks(mention: str) -> str:
 
 
 def lang_from_id(doc_id: str) -> str | None:
-    """The language of a document named like ``case12_ro`` (None when the name says none)."""
-    match = re.search(r"[_.-](es|en|ro|sv|it|nl|cz)$", doc_id)
-    return match.group(1) if match else None
+    """The language of a document named like ``case12_ro`` or ``ro/case12`` (as a
+    MultiClinNER tree of several languages names them); None when the name says none."""
+    match = re.search(r"[_.-](es|en|ro|sv|it|nl|cz)$|^(es|en|ro|sv|it|nl|cz)/", doc_id)
+    return (match.group(1) or match.group(2)) if match else None
 
 
 def read_text(path: Path, report: ReadReport | None = None) -> str:
@@ -399,9 +400,26 @@ def detect_format(path: Path) -> str:
         return "brat"
     if any(path.glob("*.txt")):
         return "txt"
+    if class_folders(path):
+        return "brat-classes"
     if find_multiclinner(path):
         return "multiclinner"
-    raise CorpusError(path, "holds no .txt, .ann, txt/ folder, .tsv or .jsonl corpus")
+    raise CorpusError(path, "holds no .txt, .ann, txt/ folder, class folders of brat files, "
+                            ".tsv or .jsonl corpus")
+
+
+def class_folders(path: Path) -> list[str]:
+    """The classes of a brat folder written a folder per class (``DISEASE/``, ...: how
+    ``write_brat`` lays out documents whose text belongs to one class, as MultiClinNER's)."""
+    return [c for c in CLASSES if (path / c).is_dir() and any((path / c).glob("*.txt"))]
+
+
+def read_class_folders(root: Path, *, classes: tuple[str, ...] = CLASSES,
+                       **options) -> Iterator[Document]:
+    """A brat folder per class, each document predicted for its folder's class only."""
+    for cls in class_folders(Path(root)):
+        if cls in classes:
+            yield from read_brat(Path(root) / cls, classes=(cls,), entity_class=cls, **options)
 
 
 def corpus_layout(path: Path, texts: Path | None = None) -> str:
@@ -425,6 +443,8 @@ def open_corpus(path: Path, *, texts: Path | None = None, lenient: bool = False,
         return read_brat(path, label_map=label_map, **common)
     if fmt == "multiclinner":
         return read_multiclinner(path, label_map=label_map, **common)
+    if fmt == "brat-classes":
+        return read_class_folders(path, label_map=label_map, **common)
     if fmt == "jsonl":
         return read_jsonl(path, **common)
     return read_tsv_corpus(path, texts, label_map=label_map, **common)

@@ -206,6 +206,23 @@ def test_multiclinner_translations_of_a_case_stay_apart(tmp_path):
     assert {s["value"]: s["char_f1"]["recall"] for s in result["slices"]} == {"en": 1.0, "es": 0.0}
 
 
+def test_brat_written_a_folder_per_class_reads_back(tmp_path):
+    """Documents whose text belongs to one class (MultiClinNER's) are written to brat in a
+    folder per class; that output was no corpus any reader knew."""
+    docs = [Document("en/c1", "Has asthma.", lang="en", entity_class="DISEASE",
+                     spans=[Span("en/c1", "DISEASE", 4, 10)]),
+            Document("en/c1", "Has a cough.", lang="en", entity_class="SYMPTOM",
+                     spans=[Span("en/c1", "SYMPTOM", 6, 11)]),
+            Document("es/c1", "Tiene asma.", lang="es", entity_class="DISEASE", spans=[])]
+    write_brat(docs, tmp_path / "out")
+    assert detect_format(tmp_path / "out") == "brat-classes"
+    back = list(open_corpus(tmp_path / "out"))
+    assert sorted((d.id, d.lang, d.entity_class, d.text, [s.key for s in d.spans]) for d in back) \
+        == sorted((d.id, d.lang, d.entity_class, d.text, [s.key for s in d.spans]) for d in docs)
+    assert [d.entity_class for d in open_corpus(tmp_path / "out", classes=("SYMPTOM",))] == \
+        ["SYMPTOM"]
+
+
 def _docs_key(docs):
     return sorted((d.id, d.text, sorted(s.key for s in d.spans)) for d in docs)
 
