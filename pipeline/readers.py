@@ -40,8 +40,11 @@ def fold_breaks(mention: str) -> str:
 def lang_from_id(doc_id: str) -> str | None:
     """The language of a document named like ``case12_ro`` or ``ro/case12`` (as a
     MultiClinNER tree of several languages names them); None when the name says none."""
-    match = re.search(r"[_.-](es|en|ro|sv|it|nl|cz)$|^(es|en|ro|sv|it|nl|cz)/", doc_id)
+    match = _LANG_IN_ID.search(doc_id)
     return (match.group(1) or match.group(2)) if match else None
+
+
+_LANG_IN_ID = re.compile(rf"[_.-]({'|'.join(LANGUAGES)})$|^({'|'.join(LANGUAGES)})/")
 
 
 def read_text(path: Path, report: ReadReport | None = None) -> str:

@@ -132,6 +132,10 @@ def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thr
     return records
 
 
+CORPUS_CHANGED = ("the corpus has changed since this run began. Use another --output or "
+                  "delete this one")
+
+
 def check_part(part: Path, chunk: Sequence[Document], records: Sequence[dict]) -> None:
     """Refuse a part written before a crash for other documents than ``chunk``: a corpus
     that changed in between (a document added, removed, renamed or edited) no longer lines
@@ -150,8 +154,7 @@ def check_part(part: Path, chunk: Sequence[Document], records: Sequence[dict]) -
             what = f"document {doc.id!r} reads otherwise now (its text or class)"
         else:
             continue
-        raise PipelineError(f"{part}: {what}: the corpus has changed since this run began. Use "
-                            "another --output or delete this one (cached probabilities and LLM "
+        raise PipelineError(f"{part}: {what}: {CORPUS_CHANGED} (cached probabilities and LLM "
                             "scores make the rerun quick)")
 
 
@@ -206,8 +209,7 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
         if beyond:  # the final outputs would hold documents that the corpus no longer has
             raise PipelineError(
                 f"{beyond[0]}: the corpus now ends before this part ({n_parts} part"
-                f"{'' if n_parts == 1 else 's'} of {chunk_size} documents): the corpus has changed "
-                "since this run began. Use another --output or delete this one")
+                f"{'' if n_parts == 1 else 's'} of {chunk_size} documents): {CORPUS_CHANGED}")
         for doc_id, reason in unreadable:  # each shard reports its own
             if in_shard(doc_id, shard):
                 summary.failed.append((doc_id, reason))
