@@ -129,6 +129,19 @@ class Ensemble:
                              "(is its training unfinished? `pipeline train` resumes it)")
         return cls(folder, manifest, config)
 
+    def restricted(self, members: Sequence[Member]) -> Ensemble:
+        """The ensemble of only ``members`` (say, the members of one fold, to propose on
+        the documents they did not train on), sharing the models already loaded. Its
+        identity, and so its cache keys, are its own."""
+        names = {m.name for m in members}
+        kept = [m for m in self.manifest.members if m.name in names]
+        classes = [c for c in self.manifest.classes if any(m.entity_class == c for m in kept)]
+        manifest = self.manifest.model_copy(update={"members": kept, "classes": classes,
+                                                    "planned": [m.name for m in kept]})
+        sub = Ensemble(self.folder, manifest, self.config)
+        sub._runners = self._runners
+        return sub
+
     @property
     def output_settings(self) -> dict:
         """The inference settings that change the character probabilities, not only how
