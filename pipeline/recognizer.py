@@ -76,7 +76,7 @@ def resolve_backend(llm: str | Path | None, backend: str | None = None,
 
 
 def load_llm(llm: str | Path | None, backend: str | None = None, urls: list[str] | None = None,
-             cache_dir: Path | None = None, max_context_tokens: int = 1024, **options):
+             cache_dir: Path | None = None, max_context_tokens: int | None = None, **options):
     """The stage-2 scorer of model ``llm`` (None: no re-ranking). Server URLs mean the
     openai backend; without them vLLM where it is installed, else transformers."""
     backend = resolve_backend(llm, backend, urls)

@@ -143,12 +143,79 @@ def load_tokenizer(model: str | Path, tokenizer: str | Path | None = None):
     return AutoTokenizer.from_pretrained(str(source))
 
 
+JUDGE_RECORD = "judge.json"
+
+
+def prompt_settings(model: str | Path) -> dict:
+    """The prompt a judge was trained with (template, context, chat template), from the
+    ``judge.json`` that ``train-judge`` leaves in its folder; empty for any other model.
+    A judge answers well only to the prompt it learnt on, so it is the default."""
+    record = judge_record(model)
+    if record is None:
+        return {}
+    try:
+        prompt = record["prompt"]
+        settings = {k: prompt[k] for k in ("max_context_tokens", "use_chat_template")}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{Path(model) / JUDGE_RECORD}: not a judge record this version "
+                         f"reads (no {exc})") from None
+    # the template itself travels with the judge: a later edit of a shipped one changes
+    # nothing the judge was trained on
+    return {**settings, "template": str(Path(model) / prompt.get("template_file", "template.json"))}
+
+
+def judge_record(model: str | Path) -> dict | None:
+    """The ``judge.json`` of a judge folder, or None for any other model."""
+    path = Path(model) / JUDGE_RECORD
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a judge record ({exc})") from None
+
+
+def lora_parts(judge: str | Path) -> tuple[Path, Path, int]:
+    """(base model, adapter folder, rank) of a judge trained with LoRA."""
+    record = judge_record(judge)
+    lora = (record or {}).get("lora")
+    if record is None:
+        raise ValueError(f"{judge}: not a judge (no {JUDGE_RECORD}); serve it as a plain model")
+    if not lora:
+        raise ValueError(f"{judge}: this judge was fully fine-tuned and has no LoRA adapter; "
+                         "serve its folder as a plain model")
+    base = Path(record["base"])
+    if not base.is_dir():
+        raise FileNotFoundError(f"{judge}: its base model {base} is not there; the adapter "
+                                "needs it (or serve the judge's merged weights)")
+    return base, Path(judge) / lora["adapter"], int(lora["rank"])
+
+
 def load_scorer(backend: str, model: str | Path, *, cache_dir: Path | None = None,
-                template: str = "rerank_v1", max_context_tokens: int = 1024,
+                template: str | None = None, max_context_tokens: int | None = None,
                 tokenizer: str | Path | None = None, use_chat_template: bool | None = None,
                 **options) -> Scorer:
     """A scorer with backend ``vllm`` (in-process engine), ``openai`` (servers by URL,
-    ``urls=[...]``) or ``hf`` (transformers)."""
+    ``urls=[...]``) or ``hf`` (transformers).
+
+    The prompt settings left unset come from the judge's record where ``model`` is a
+    judge trained here, else the defaults (``rerank_v1``, 1,024 tokens of context)."""
+    trained = prompt_settings(model)
+    identity = model_identity(model)
+    if options.pop("lora", False):  # the judge's adapter on its base, not its merged weights
+        if backend != "vllm":
+            raise ValueError(f"serving a judge as a LoRA adapter needs the vllm backend, not "
+                             f"{backend}")
+        base, adapter, rank = lora_parts(model)
+        options.update(lora_adapter=adapter, lora_rank=rank)
+        tokenizer = tokenizer or model
+        model, identity = base, identity + "+lora"
+    template = template or trained.get("template") or "rerank_v1"
+    max_context_tokens = max_context_tokens or trained.get("max_context_tokens") or 1024
+    if use_chat_template is None:
+        use_chat_template = trained.get("use_chat_template")
     tok = load_tokenizer(model, tokenizer)
     builder = PromptBuilder(tok, load_template(template), max_context_tokens=max_context_tokens,
                             use_chat_template=use_chat_template)
@@ -167,4 +234,4 @@ def load_scorer(backend: str, model: str | Path, *, cache_dir: Path | None = Non
     else:
         raise ValueError(f"unknown backend {backend!r}; choose vllm, openai or hf")
     cache = ScoreCache(Path(cache_dir) / "scores.sqlite") if cache_dir else None
-    return Scorer(impl, builder, identity=model_identity(model), cache=cache)
+    return Scorer(impl, builder, identity=identity, cache=cache)

@@ -42,3 +42,13 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
     from tests.tiny_llm import tiny_llama
 
     return tiny_llama(tmp_path_factory.mktemp("llm") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def judge_llm_dir(tmp_path_factory) -> Path:
+    """A tiny random LLM that can learn to judge: weights 3× the default init (8×, as in
+    ``tiny_llm_dir``, saturates attention; 1× bounds the yes/no margin below what LoRA
+    needs to pass 0.9)."""
+    from tests.tiny_llm import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("judge_llm") / "tiny", scale=3.0)

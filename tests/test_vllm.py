@@ -108,3 +108,31 @@ def test_prompts_past_max_model_len_score_zero_instead_of_failing_the_batch(
         scores = scorer.score([CANDS[0], RUNAWAY])
         assert scores[1] == 0.0 and scorer.too_long == 1
         assert scores[0] == pytest.approx(hf_scores[0], abs=1e-3)
+
+
+@pytest.fixture(scope="session")
+def trained_judge(tmp_path_factory, judge_llm_dir) -> Path:
+    from pipeline.judge import train_judge
+    from stage2_rerank.training import JudgeConfig
+    from tests.test_judge import FAST, labelled
+
+    out = tmp_path_factory.mktemp("judge") / "judge"
+    train_judge(labelled(), base=judge_llm_dir, out=out, ensemble_identity="e",
+                config=JudgeConfig(**{**FAST, "max_steps": 30}))
+    return out
+
+
+def test_vllm_serves_a_trained_judge_merged_and_as_lora(trained_judge):
+    """The judge's folder as a plain model, and its adapter on the base (vLLM's LoRA):
+    both give the hf backend's scores."""
+    import gc
+
+    pytest.importorskip("vllm")
+    hf = load_scorer("hf", trained_judge).score(CANDS)
+    assert max(hf) - min(hf) > 0.05  # scores that tell candidates apart
+    for lora in (False, True):
+        scorer = load_scorer("vllm", trained_judge, dtype="float32", lora=lora)
+        assert scorer.backend.lora is not None if lora else scorer.backend.lora is None
+        assert scorer.score(CANDS) == pytest.approx(hf, abs=1e-3)
+        del scorer
+        gc.collect()

@@ -36,7 +36,9 @@ def byte_bpe_tokenizer(chat: bool = True):
     return fast
 
 
-def tiny_llama(folder: Path, seed: int = 0, chat: bool = True) -> Path:
+def tiny_llama(folder: Path, seed: int = 0, chat: bool = True, scale: float = 8.0) -> Path:
+    """``scale`` multiplies the random weights: larger ones give answers that vary more
+    between prompts, but saturate attention (a model that can barely learn)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -50,7 +52,7 @@ def tiny_llama(folder: Path, seed: int = 0, chat: bool = True) -> Path:
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # larger random weights: answers that vary between prompts
         for p in model.parameters():
-            p.mul_(8.0)
+            p.mul_(scale)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

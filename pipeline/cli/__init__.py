@@ -31,7 +31,7 @@ def _register() -> None:
         from pipeline.cli import train  # noqa: F401
     except ImportError:  # pragma: no cover - stage 1 not installed
         pass
-    for name in ("run", "tune"):
+    for name in ("run", "tune", "judge"):
         try:
             __import__(f"pipeline.cli.{name}")
         except ImportError:

@@ -25,12 +25,27 @@ def _on_cpu() -> bool:
         return True
 
 
+# vLLM takes these values of max_lora_rank only
+LORA_RANK_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank_slot(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds an adapter of ``rank``."""
+    for slot in LORA_RANK_SLOTS:
+        if rank <= slot:
+            return slot
+    raise ValueError(f"LoRA rank {rank} is above the {LORA_RANK_SLOTS[-1]} vLLM serves")
+
+
 class VLLMBackend:
     name = "vllm"
 
     def __init__(self, model: str | Path, *, enable_prefix_caching: bool = True,
                  max_model_len: int = 4096, dtype: str = "auto", seed: int = 0,
+                 lora_adapter: str | Path | None = None, lora_rank: int | None = None,
                  **engine_options) -> None:
+        """``lora_adapter`` (a peft adapter folder for ``model``, the base) is applied to
+        every prompt, so that several judges trained on one base can share its weights."""
         if not Path(model).exists():
             raise FileNotFoundError(f"model path {model} does not exist")
         try:
@@ -43,6 +58,13 @@ class VLLMBackend:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             engine_options.setdefault("kv_cache_memory_bytes", 1 << 30)
             engine_options.setdefault("enforce_eager", True)
+        self.lora = None
+        if lora_adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            engine_options.update(enable_lora=True, max_loras=1,
+                                  max_lora_rank=lora_rank_slot(lora_rank or 16))
+            self.lora = LoRARequest("judge", 1, str(lora_adapter))
         self.llm = LLM(model=str(model), enable_prefix_caching=enable_prefix_caching,
                        max_model_len=max_model_len, dtype=dtype, seed=seed, **engine_options)
         # vLLM refuses a prompt unless it and the answer token fit in max_model_len
@@ -59,7 +81,7 @@ class VLLMBackend:
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=2,
                                 logprob_token_ids=[yes_id, no_id])
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.ids) for p in prompts],
-                                    params, use_tqdm=False)
+                                    params, use_tqdm=False, lora_request=self.lora)
         scores = []
         for i, out in enumerate(outputs):
             step = out.outputs[0].logprobs[0]

@@ -1,0 +1,125 @@
+"""``pipeline train-judge``: the stage-2 LLM learns the task from out-of-fold candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli import app
+from pipeline.cli.common import CacheDirOption, EnsembleOption, InferenceConfigOption
+
+
+@app.command("train-judge")
+def train_judge_command(
+    ensemble: EnsembleOption,
+    base: Annotated[Path, typer.Option(exists=True, file_okay=False,
+                                       help="The instruction LLM to fine-tune (a model folder).")],
+    out: Annotated[Path, typer.Option(help="Judge folder to write: merged weights, tokenizer, "
+                                           "adapter/, judge.json, candidates.jsonl.")],
+    corpus: Annotated[Path | None, typer.Option(
+        help="The ensemble's training corpus: each document is proposed on by the members "
+             "of its own fold only (needs an ensemble trained with --folds 2 or more).")] = None,
+    candidates_from: Annotated[Path | None, typer.Option(
+        help="A held-out gold corpus, proposed on by the whole ensemble (instead of, or "
+             "beside, --corpus).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="JudgeConfig JSON: prompt (template, max_context_tokens), data (stage1_threshold, "
+             "label overlap|exact, validation_share), LoRA or full fine-tuning, steps, "
+             "learning rate... Unknown keys fail.")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Override the config's "
+                                                              "max_steps.")] = None,
+    template: Annotated[str | None, typer.Option(
+        help="Prompt template (a shipped name or a .json file); overrides the config's.")] = None,
+    max_context_tokens: Annotated[int | None, typer.Option(
+        min=16, help="Tokens of the note shown around a candidate; overrides the "
+                     "config's.")] = None,
+    group_pattern: Annotated[str | None, typer.Option(
+        help="The --group-pattern the ensemble was trained with, if any.")] = None,
+    cache_dir: CacheDirOption = None,
+    inference_config: InferenceConfigOption = None,
+    lenient: Annotated[bool, typer.Option(help="Skip and count bad annotations.")] = False,
+) -> None:
+    """Fine-tune the stage-2 LLM on stage-1 candidates labelled by their overlap with gold.
+
+    The prompt is the one run, tune and ablate send; after training P(yes)/(P(yes)+P(no))
+    estimates a candidate's character overlap with a gold span. The result is a plain model
+    folder that every backend serves (--llm JUDGE); the same command resumes after a crash."""
+    from pipeline.errors import PipelineError, ReadReport
+    from pipeline.judge import (
+        describe,
+        ensemble_candidates,
+        label_candidates,
+        out_of_fold_candidates,
+        train_judge,
+    )
+    from pipeline.readers import corpus_layout, open_corpus
+    from pipeline.recognizer import char_cache, load_ensemble
+    from pipeline.training import DEFAULT_GROUP_PATTERN
+    from stage1_ensemble.config import load_config
+    from stage1_ensemble.ensemble import data_hash
+    from stage2_rerank.training import JudgeConfig, check_causal_lm
+
+    if corpus is None and candidates_from is None:
+        raise PipelineError("give the ensemble's training corpus (--corpus), a held-out gold "
+                            "corpus (--candidates-from), or both")
+    cfg = load_config(config, JudgeConfig) if config else JudgeConfig()
+    updates = {k: v for k, v in (("max_steps", max_steps), ("template", template),
+                                 ("max_context_tokens", max_context_tokens)) if v is not None}
+    cfg = JudgeConfig.model_validate({**cfg.model_dump(), **updates})
+    pattern = group_pattern or DEFAULT_GROUP_PATTERN
+    for source in (corpus, candidates_from):  # before any model loads: fail fast
+        if source is not None:
+            corpus_layout(source)
+    try:
+        check_causal_lm(base)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
+    ens = load_ensemble(ensemble, inference_config)
+    cache = char_cache(cache_dir or ensemble / "cache", ens)
+    docs, candidates = [], []
+    if corpus is not None:
+        report = ReadReport()
+        train_docs = list(open_corpus(corpus, lenient=lenient, report=report,
+                                      classes=tuple(ens.classes)))
+        typer.echo(f"{corpus}: {report.summary()}", err=True)
+        trained_on = data_hash([(d.id, d.text, [(s.label, s.start, s.end) for s in d.spans])
+                                for d in train_docs])
+        if trained_on != ens.manifest.data_hash:
+            raise PipelineError(
+                f"{corpus} is not the corpus the ensemble was trained on (data hash "
+                f"{trained_on}, the ensemble's {ens.manifest.data_hash}): its folds say "
+                "nothing of these documents. Give a held-out corpus with --candidates-from")
+        typer.echo(f"out-of-fold candidates at stage-1 threshold {cfg.stage1_threshold}",
+                   err=True)
+        docs += train_docs
+        candidates += out_of_fold_candidates(train_docs, ens, threshold=cfg.stage1_threshold,
+                                             group_pattern=pattern, char_cache=cache)
+    if candidates_from is not None:
+        report = ReadReport()
+        held = list(open_corpus(candidates_from, lenient=lenient, report=report,
+                                classes=tuple(ens.classes)))
+        typer.echo(f"{candidates_from}: {report.summary()}", err=True)
+        docs += held
+        candidates += ensemble_candidates(held, ens, threshold=cfg.stage1_threshold,
+                                          char_cache=cache)
+    items = label_candidates(docs, candidates, exact=cfg.label == "exact",
+                             validation_share=cfg.validation_share, group_pattern=pattern)
+    for cls, d in describe(items).items():
+        typer.echo(f"{cls}: {d['candidates']} candidates ({d['train']} train, "
+                   f"{d['validation']} validation), {d['exact']} exact, mean label "
+                   f"{d['mean_label']}, labels {d['labels']}", err=True)
+
+    def show(log: dict) -> None:
+        if "loss" in log:
+            typer.echo(f"  step {log['step']}/{log['max_steps']}: loss {log['loss']:.4f}",
+                       err=True)
+
+    record = train_judge(items, base=base, out=out, config=cfg, ensemble_identity=ens.identity,
+                         on_log=show, on_step=lambda msg: typer.echo(msg, err=True))
+    for cls, v in record["validation"].items():
+        typer.echo(f"{cls}: validation on {v['candidates']} candidates ({v['positives']} with "
+                   f"overlap >= 0.5): judge AUC {v['judge_auc']}, Brier {v['judge_brier']}; "
+                   f"stage 1 AUC {v['stage1_auc']}, Brier {v['stage1_brier']}")
+    typer.echo(f"wrote {out} (serve it with --llm {out})")

@@ -1,0 +1,327 @@
+"""The judge learns the task: out-of-fold candidates, labels, the train/serve prompt, the
+loss, a tiny LLM that overfits and reloads, resuming, and the command's refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.documents import Document, Span
+from pipeline.judge import Labelled, label_candidates, out_of_fold_candidates, train_judge
+from pipeline.training import fold_of
+from stage2_rerank import Candidate, load_scorer
+from stage2_rerank.training import JudgeConfig, group_diffs, judge_loss, load_base, roc_auc
+
+TEXT = "Paciente con diabetes mellitus y fiebre alta; niega dolor torácico agudo."
+
+
+def doc_with(gold: list[tuple[int, int]], text: str = TEXT, doc_id: str = "d") -> Document:
+    return Document(doc_id, text, spans=[Span(doc_id, "DISEASE", s, e) for s, e in gold])
+
+
+def test_labels_equal_a_hand_computation():
+    gold = [(0, 10), (20, 30), (32, 40)]
+    doc = doc_with(gold)
+    cands = [(0, 10), (20, 25), (12, 18), (20, 40)]
+    spans = [[Span("d", "DISEASE", s, e, stage1_score=0.5) for s, e in cands]]
+    got = [i.label for i in label_candidates([doc], spans)]
+    # exact; partial 2*5/(10+5); none; two gold spans under one: the better of
+    # 2*10/(10+20) and 2*8/(8+20)
+    assert got == pytest.approx([1.0, 2 * 5 / 15, 0.0, 2 * 10 / 30])
+    exact = [i.label for i in label_candidates([doc], spans, exact=True)]
+    assert exact == [1.0, 0.0, 0.0, 0.0]
+    other_class = [[Span("d", "SYMPTOM", 0, 10, stage1_score=0.5)]]
+    assert [i.label for i in label_candidates([doc], other_class)] == [0.0]
+
+
+def test_loss_is_binary_cross_entropy_of_the_yes_no_margin():
+    diff, labels = torch.tensor([2.0, -1.0]), torch.tensor([1.0, 0.25])
+
+    def sig(x: float) -> float:
+        return 1 / (1 + math.exp(-x))
+
+    expected = (-math.log(sig(2.0))
+                - (0.25 * math.log(sig(-1.0)) + 0.75 * math.log(1 - sig(-1.0)))) / 2
+    assert float(judge_loss(diff, labels)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_roc_auc_counts_ties_half():
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert roc_auc([0.5, 0.5], [False, True]) == pytest.approx(0.5)
+    assert roc_auc([0.5, 0.7], [True, True]) is None
+
+
+CANDS = [(13, 30, 1.0), (33, 39, 1.0), (0, 8, 0.0), (57, 73, 1.0), (40, 44, 0.0), (13, 21, 0.5)]
+
+
+def labelled(validation: bool = False) -> list[Labelled]:
+    doc = doc_with([(13, 30), (33, 39), (57, 73)])
+    return [Labelled(doc, Span("d", "DISEASE", s, e, stage1_score=0.5), y, y == 1.0, validation)
+            for s, e, y in CANDS]
+
+
+def test_training_prompt_ids_are_the_ids_the_scorer_sends(judge_llm_dir):
+    from pipeline.judge import prompt_builder, training_prompts
+
+    config = JudgeConfig(max_context_tokens=48)
+    builder = prompt_builder(judge_llm_dir, config)
+    trained = training_prompts(labelled(), builder)
+    scorer = load_scorer("hf", judge_llm_dir, max_context_tokens=48)
+    sent = []
+    real = scorer.backend.score_prompts
+    scorer.backend.score_prompts = lambda prompts, y, n: (sent.extend(prompts), real(prompts, y, n))[1]
+    scorer.score([Candidate(i.doc.text, i.span.start, i.span.end, i.span.label, i.doc.id)
+                  for i in labelled()])
+    assert [p.ids for p in sent] == [p.ids for p in trained]
+    assert (builder.yes_id, builder.no_id) == (scorer.builder.yes_id, scorer.builder.no_id)
+
+
+def test_shared_prefix_gives_the_margins_of_whole_prompts(judge_llm_dir):
+    from pipeline.judge import prompt_builder, training_prompts
+
+    builder = prompt_builder(judge_llm_dir, JudgeConfig())
+    prompts = training_prompts(labelled(), builder)
+    model = load_base(judge_llm_dir, JudgeConfig(lora=False))
+    together = group_diffs(model, prompts[0].prefix, [p.suffix for p in prompts],
+                           builder.yes_id, builder.no_id)
+    head = model.get_output_embeddings().weight
+    for k, p in enumerate(prompts):
+        hidden = model.get_decoder()(input_ids=torch.tensor([p.ids])).last_hidden_state[0, -1]
+        whole = hidden @ head[builder.yes_id] - hidden @ head[builder.no_id]
+        assert float(together[k]) == pytest.approx(float(whole), abs=1e-3)
+
+
+FAST = dict(max_steps=100, learning_rate=5e-3, warmup_steps=0, groups_per_step=1,
+            validation_share=0, save_steps=20, logging_steps=20)
+
+
+def test_tiny_judge_overfits_saves_and_reloads(judge_llm_dir, tmp_path):
+    # each candidate once to train on, once again held out: the validation scores come
+    # from the model in memory, the reload must give them back
+    items = labelled() + labelled(validation=True)
+    record = train_judge(items, base=judge_llm_dir, out=tmp_path / "judge",
+                         config=JudgeConfig(**FAST), ensemble_identity="e")
+    assert record["lora"] == {"adapter": "adapter", "rank": 8}
+    assert (tmp_path / "judge" / "model.safetensors").exists()
+    assert (tmp_path / "judge" / "adapter" / "adapter_config.json").exists()
+    rows = [json.loads(x) for x in (tmp_path / "judge" / "candidates.jsonl").read_text().splitlines()]
+    held = [r["judge"] for r in rows if r["split"] == "validation"]
+    scores = load_scorer("hf", tmp_path / "judge").score(
+        [Candidate(i.doc.text, i.span.start, i.span.end, "DISEASE") for i in labelled()])
+    assert scores == pytest.approx(held, abs=1e-3)
+    for (_, _, y), p in zip(CANDS, scores):
+        if y == 1.0:
+            assert p > 0.9
+        elif y == 0.0:
+            assert p < 0.1
+    v = record["validation"]["DISEASE"]
+    assert v["candidates"] == 6 and v["positives"] == 4 and v["judge_auc"] == 1.0
+    assert record["prompt"]["max_context_tokens"] == 1024 and record["data"]["DISEASE"]["labels"] \
+        == {"0": 4, "(0,0.5)": 0, "[0.5,1)": 2, "1": 6}
+    # the same command again: nothing to do; another plan in the folder: refused
+    again = train_judge(items, base=judge_llm_dir, out=tmp_path / "judge",
+                        config=JudgeConfig(**FAST), ensemble_identity="e")
+    assert again == record
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="other config"):
+        train_judge(items, base=judge_llm_dir, out=tmp_path / "judge",
+                    config=JudgeConfig(**{**FAST, "max_steps": 61}), ensemble_identity="e")
+
+
+def test_full_fine_tuning_has_no_adapter(judge_llm_dir, tmp_path):
+    record = train_judge(labelled(), base=judge_llm_dir, out=tmp_path / "full",
+                         config=JudgeConfig(**{**FAST, "lora": False, "max_steps": 5}),
+                         ensemble_identity="e")
+    assert record["lora"] is None and not (tmp_path / "full" / "adapter").exists()
+    with pytest.raises(ValueError, match="fully fine-tuned"):
+        load_scorer("vllm", tmp_path / "full", lora=True)
+
+
+KILLED = """
+import sys
+from pathlib import Path
+from tests.test_judge import FAST, labelled
+from pipeline.judge import train_judge
+from stage2_rerank.training import JudgeConfig
+train_judge(labelled(), base=Path(sys.argv[1]), out=Path(sys.argv[2]), ensemble_identity="e",
+            config=JudgeConfig(**{**FAST, "max_steps": 400, "save_steps": 10}))
+"""
+
+
+def test_a_checkpoint_cut_short_is_passed_over(tmp_path):
+    from stage2_rerank.training import last_checkpoint
+
+    assert last_checkpoint(tmp_path) is None
+    for step, whole in ((10, True), (20, True), (30, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if whole:
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
+    (tmp_path / "checkpoint-20" / "trainer_state.json").write_text('{"global_')
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+
+
+def test_killed_training_resumes_and_finishes(judge_llm_dir, tmp_path, caplog):
+    out = tmp_path / "judge"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(judge_llm_dir), str(out)],
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((out / "work").glob("checkpoint-*")) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"training ended early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "judge.json").exists()
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="stage2_rerank.training"):
+        record = train_judge(labelled(), base=judge_llm_dir, out=out, ensemble_identity="e",
+                             config=JudgeConfig(**{**FAST, "max_steps": 400, "save_steps": 10}))
+    assert "resuming the judge's training from" in caplog.text
+    assert record["training"]["steps"] == 400 and (out / "judge.json").exists()
+
+
+# -- out-of-fold candidates from a real (tiny) two-fold ensemble --------------------------
+
+WORDS = ["diabetes", "asma", "gripe", "anemia", "artritis", "hepatitis"]
+
+
+def fold_docs() -> list[Document]:
+    docs = []
+    for i in range(8):
+        a, b = WORDS[i % 6], WORDS[(i + 2) % 6]
+        text = f"Paciente {i} con {a} y sin {b} previa."
+        spans = [Span(f"n{i}", "DISEASE", text.index(a), text.index(a) + len(a))]
+        docs.append(Document(f"n{i}", text, lang="es", spans=spans))
+    return docs
+
+
+@pytest.fixture(scope="module")
+def two_fold_ensemble(tmp_path_factory) -> Path:
+    from pipeline.training import train_ensemble
+    from stage1_ensemble.config import TrainConfig
+    from tests.tiny_models import tiny_bert_encoder
+
+    root = tmp_path_factory.mktemp("folds")
+    encoder = tiny_bert_encoder(root / "encoder", corpus=[d.text for d in fold_docs()])
+    config = TrainConfig(learning_rate=3e-3, warmup_steps=0, max_steps=40, batch_size=4,
+                         logging_steps=1000, max_length=32, stride=4)
+    train_ensemble(fold_docs(), out=root / "ens", encoders=[str(encoder)],
+                   classes=["DISEASE"], n_folds=2, config=config)
+    return root / "ens"
+
+
+def test_no_candidate_comes_from_a_member_that_trained_on_its_document(two_fold_ensemble,
+                                                                     monkeypatch):
+    from stage1_ensemble.ensemble import Ensemble
+
+    docs = fold_docs()
+    assert {fold_of(d.id, 2) for d in docs} == {0, 1}
+    ens = Ensemble.load(two_fold_ensemble)
+    asked: list[tuple[set[int], list[str]]] = []
+    real = Ensemble.char_probs
+
+    def spy(self, texts, classes=None):
+        asked.append(({m.fold for m in self.manifest.members}, list(texts)))
+        return real(self, texts, classes)
+
+    monkeypatch.setattr(Ensemble, "char_probs", spy)
+    cands = out_of_fold_candidates(docs, ens, threshold=0.01)
+    assert len(asked) == 2 and sum(len(t) for _, t in asked) == len(docs)
+    fold_of_text = {d.text: fold_of(d.id, 2) for d in docs}
+    for folds, texts in asked:
+        assert len(folds) == 1  # one fold's members only...
+        assert {fold_of_text[t] for t in texts} == folds  # ...on their held-out documents
+    assert all(s.doc_id == d.id and s.label == "DISEASE" for d, c in zip(docs, cands) for s in c)
+    assert sum(map(len, cands)) > 0
+
+
+def run_cli(*args: str, capsys) -> tuple[int, str, str]:
+    """The ``pipeline`` command in this process, as the shell would run it."""
+    from pipeline.cli import main
+
+    old = sys.argv
+    sys.argv = ["pipeline", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_error_line(err: str) -> bool:
+    """The command's own words are one line (libraries may have shown progress before)."""
+    return "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ") \
+        and err.count("error: ") == 1
+
+
+def write_corpus(folder: Path, docs: list[Document]) -> Path:
+    from pipeline.writers import write_brat
+
+    write_brat(docs, folder)
+    return folder
+
+
+def test_train_judge_command(two_fold_ensemble, judge_llm_dir, tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "train", fold_docs())
+    cfg = tmp_path / "judge.json"
+    cfg.write_text(json.dumps({**FAST, "max_steps": 4, "validation_share": 2,
+                               "stage1_threshold": 0.05, "max_context_tokens": 64}))
+    code, out, err = run_cli("train-judge", "--ensemble", two_fold_ensemble, "--corpus", corpus,
+                             "--base", judge_llm_dir, "--out", tmp_path / "j", "--config", cfg,
+                             capsys=capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "j" / "judge.json").read_text())
+    assert record["config"]["max_steps"] == 4 and record["prompt"]["max_context_tokens"] == 64
+    d = record["data"]["DISEASE"]
+    assert d["candidates"] == d["train"] + d["validation"] > 0
+    assert "DISEASE:" in err and "candidates" in err and "wrote" in out
+    # the judge's own prompt settings are the default wherever it is served
+    assert load_scorer("hf", tmp_path / "j").builder.max_context_tokens == 64
+
+
+def test_train_judge_refusals(two_fold_ensemble, judge_llm_dir, tiny_ensemble, tmp_path, capsys):
+    from tests.tiny_models import tiny_bert_encoder
+
+    corpus = write_corpus(tmp_path / "train", fold_docs())
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"max_stepz": 3}')
+    code, _, err = run_cli("train-judge", "--ensemble", two_fold_ensemble, "--corpus", corpus,
+                           "--base", judge_llm_dir, "--out", tmp_path / "j", "--config", bad,
+                           capsys=capsys)
+    assert code == 2 and "bad.json: not a valid JudgeConfig: max_stepz: Extra inputs" in err
+    assert one_error_line(err)
+    encoder = tiny_bert_encoder(tmp_path / "bert")
+    code, _, err = run_cli("train-judge", "--ensemble", two_fold_ensemble, "--corpus", corpus,
+                           "--base", encoder, "--out", tmp_path / "j", capsys=capsys)
+    assert code == 2 and "not a causal language model" in err
+    assert one_error_line(err)
+    code, _, err = run_cli("train-judge", "--ensemble", tiny_ensemble, "--corpus", corpus,
+                           "--base", judge_llm_dir, "--out", tmp_path / "j", capsys=capsys)
+    assert code == 2 and "is not the corpus the ensemble was trained on" in err
+    from tests.test_stage1_models import two_docs
+
+    own = write_corpus(tmp_path / "own", two_docs())
+    code, _, err = run_cli("train-judge", "--ensemble", tiny_ensemble, "--corpus", own,
+                           "--base", judge_llm_dir, "--out", tmp_path / "j", capsys=capsys)
+    assert code == 2 and "trained with --folds 1" in err and "--candidates-from" in err
+    assert one_error_line(err)
