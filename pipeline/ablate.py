@@ -3,8 +3,10 @@ threshold) against the re-ranked system at the tuned pair, per language × class
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,13 +19,27 @@ from pipeline.tune import T1_GRID, T2_GRID, collect
 PAPER_THRESHOLD = 0.8
 
 
-def systems(tuned: Thresholds, classes: Sequence[str]) -> list[tuple[str, Thresholds, bool]]:
+@dataclass
+class Judge:
+    """A re-ranker to compare: its name in the table, its scorer (or a function that loads
+    it, so that only one LLM is in memory at a time) and the thresholds tuned for it."""
+
+    name: str
+    scorer: object
+    thresholds: Thresholds
+
+    def load(self):
+        return self.scorer() if callable(self.scorer) and not hasattr(self.scorer, "score") \
+            else self.scorer
+
+
+def ensemble_systems(tuned: Thresholds, classes: Sequence[str]) -> list[tuple[str, Thresholds]]:
+    """The ensemble alone at the paper's threshold and at the one tuning chose for it."""
     figures = getattr(tuned, "figures", None) or {}
     alone = {c: ClassThresholds(stage1=figures.get(c, {}).get("stage1_only", {}).get(
         "stage1", tuned.of(c).stage1)) for c in classes}
-    return [(f"ensemble@{PAPER_THRESHOLD}", Thresholds.uniform(PAPER_THRESHOLD), False),
-            ("ensemble@tuned", Thresholds(classes=alone), False),
-            ("reranked@tuned", tuned, True)]
+    return [(f"ensemble@{PAPER_THRESHOLD}", Thresholds.uniform(PAPER_THRESHOLD)),
+            ("ensemble@tuned", Thresholds(classes=alone))]
 
 
 def rows_of(name: str, docs: Sequence[Document], pred, classes: Sequence[str]) -> list[dict]:
@@ -42,25 +58,57 @@ def rows_of(name: str, docs: Sequence[Document], pred, classes: Sequence[str]) -
     return rows
 
 
-def ablate(docs: Sequence[Document], ensemble, scorer, tuned: Thresholds, *,
-           char_cache=None) -> dict:
+def ablate(docs: Sequence[Document], ensemble, judges: Sequence[Judge] | object = (),
+           tuned: Thresholds | None = None, *, char_cache=None, curves: bool = False) -> dict:
+    """The ensemble alone (at the paper's 0.8 and at its tuned threshold) and a re-ranked
+    row for each judge, at the thresholds tuned for it. ``judges`` may also be one scorer
+    (or None) with ``tuned``. ``curves``: also the precision-recall points for ``plot``."""
+    if not isinstance(judges, (list, tuple)):
+        judges = [Judge("reranked@tuned", judges, tuned)] if judges is not None else []
+    tuned = tuned if tuned is not None else judges[0].thresholds
     classes = list(ensemble.classes)
     probs = char_probabilities(docs, ensemble, char_cache)  # once, for all systems
-    rows, costs = [], []
-    for name, th, with_llm in systems(tuned, classes):
-        if with_llm and scorer is None:
-            continue
-        start, calls = time.perf_counter(), scorer.calls if scorer else 0
-        cands = propose(docs, probs, th)
-        spans = ([keep(s, th) for s in rerank(docs, cands, scorer, th)] if with_llm else cands)
-        pred = [s for ss in spans for s in ss]
-        asked = sum(needs_llm(s, th) for ss in cands for s in ss) if with_llm else 0
+    rows, costs, points = [], [], {}
+    for name, th in ensemble_systems(tuned, classes):
+        start = time.perf_counter()
+        pred = [s for ss in propose(docs, probs, th) for s in ss]
         costs.append({"system": name, "seconds": round(time.perf_counter() - start, 2),
-                      "llm_calls": asked,
-                      "llm_cache_misses": (scorer.calls - calls) if with_llm else 0,
-                      "candidates": sum(len(c) for c in cands), "kept": len(pred)})
+                      "llm_calls": 0, "llm_cache_misses": 0, "candidates": len(pred),
+                      "kept": len(pred)})
         rows += rows_of(name, docs, pred, classes)
-    return {"rows": rows, "costs": costs, "documents": len(docs)}
+    if curves:
+        alone = collect(docs, ensemble, None, t1_grid=T1_GRID, char_cache=char_cache)
+        points["ensemble (t1 sweep)"] = {
+            cls: [alone[cls][t].figures(np.ones(len(alone[cls][t].s1), bool)) for t in T1_GRID]
+            for cls in classes}
+    for judge in judges:
+        scorer = judge.load()
+        th = judge.thresholds
+        start, calls = time.perf_counter(), scorer.calls
+        cands = propose(docs, probs, th)
+        pred = [s for ss in rerank(docs, cands, scorer, th) for s in keep(ss, th)]
+        costs.append({"system": judge.name, "seconds": round(time.perf_counter() - start, 2),
+                      "llm_calls": sum(needs_llm(s, th) for ss in cands for s in ss),
+                      "llm_cache_misses": scorer.calls - calls,
+                      "candidates": sum(len(c) for c in cands), "kept": len(pred)})
+        rows += rows_of(judge.name, docs, pred, classes)
+        if curves:
+            points[judge.name] = reranked_curve(docs, ensemble, scorer, th, char_cache)
+        del scorer  # a loaded LLM goes before the next one loads
+        gc.collect()
+    return {"rows": rows, "costs": costs, "documents": len(docs),
+            **({"curves": points} if curves else {})}
+
+
+def reranked_curve(docs, ensemble, scorer, tuned: Thresholds, char_cache=None) -> dict:
+    """Char precision and recall per class over the stage-2 threshold, at the tuned t1."""
+    out = {}
+    for cls in ensemble.classes:
+        t1 = tuned.of(cls).stage1
+        sets = collect(docs, ensemble, scorer, t1_grid=(t1,), char_cache=char_cache)[cls][t1]
+        s2 = np.nan_to_num(sets.s2, nan=1.0)
+        out[cls] = [sets.figures(s2 >= t2) for t2 in T2_GRID]
+    return out
 
 
 def markdown(report: dict) -> str:
@@ -81,28 +129,22 @@ def markdown(report: dict) -> str:
     return f"Ablation on {report['documents']} documents\n\n" + head + "\n".join(lines) + cost + "\n"
 
 
-def pr_curves(docs, ensemble, scorer, tuned: Thresholds, path, char_cache=None) -> None:
-    """Precision-recall (char) per class: the ensemble over stage-1 thresholds, the
+def plot(report: dict, path) -> None:
+    """Precision-recall (char) per class: the ensemble over stage-1 thresholds, each
     re-ranked system over stage-2 thresholds at its tuned stage-1 threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    classes = list(ensemble.classes)
-    alone = collect(docs, ensemble, None, t1_grid=T1_GRID, char_cache=char_cache)
+    curves = report["curves"]
+    classes = list(next(iter(curves.values())))
     fig, axes = plt.subplots(1, len(classes), figsize=(5 * len(classes), 4), squeeze=False)
     for ax, cls in zip(axes[0], classes):
-        pts = [alone[cls][t].figures(np.ones(len(alone[cls][t].s1), bool)) for t in T1_GRID]
-        ax.plot([p["char_recall"] for p in pts], [p["char_precision"] for p in pts], "o-",
-                label="ensemble (t1 sweep)")
-        if scorer is not None:
-            t1 = tuned.of(cls).stage1
-            sets = collect(docs, ensemble, scorer, t1_grid=(t1,), char_cache=char_cache)[cls][t1]
-            s2 = np.nan_to_num(sets.s2, nan=1.0)
-            pts = [sets.figures(s2 >= t2) for t2 in T2_GRID]
-            ax.plot([p["char_recall"] for p in pts], [p["char_precision"] for p in pts], "s-",
-                    label=f"re-ranked at t1={t1} (t2 sweep)")
+        for k, (name, per_class) in enumerate(curves.items()):
+            pts = per_class[cls]
+            ax.plot([p["char_recall"] for p in pts], [p["char_precision"] for p in pts],
+                    "os^vd"[k % 5] + "-", label=name if k == 0 else f"{name} (t2 sweep)")
         ax.set_title(cls)
         ax.set_xlabel("char recall")
         ax.set_ylabel("char precision")

@@ -76,19 +76,21 @@ def resolve_backend(llm: str | Path | None, backend: str | None = None,
 
 
 def load_llm(llm: str | Path | None, backend: str | None = None, urls: list[str] | None = None,
-             cache_dir: Path | None = None, max_context_tokens: int | None = None, **options):
+             cache_dir: Path | None = None, settings=None, **options):
     """The stage-2 scorer of model ``llm`` (None: no re-ranking). Server URLs mean the
-    openai backend; without them vLLM where it is installed, else transformers."""
+    openai backend; without them vLLM where it is installed, else transformers.
+    ``settings`` (an ``LlmConfig``) gives the prompt and the backend's options."""
     backend = resolve_backend(llm, backend, urls)
     if backend is None:
         return None
     from stage2_rerank import load_scorer
 
+    if settings is not None:
+        options = {**settings.scorer_options(backend), **options}
     if backend == "openai":
         options["urls"] = urls or ["http://127.0.0.1:8000"]
     try:
-        return load_scorer(backend, llm, cache_dir=cache_dir,
-                           max_context_tokens=max_context_tokens, **options)
+        return load_scorer(backend, llm, cache_dir=cache_dir, **options)
     except FileNotFoundError as exc:
         raise PipelineError(str(exc)) from None
 

@@ -325,3 +325,46 @@ def test_train_judge_refusals(two_fold_ensemble, judge_llm_dir, tiny_ensemble, t
                            "--base", judge_llm_dir, "--out", tmp_path / "j", capsys=capsys)
     assert code == 2 and "trained with --folds 1" in err and "--candidates-from" in err
     assert one_error_line(err)
+
+
+def test_llm_settings_belong_to_their_backend():
+    from stage2_rerank.config import LlmConfig
+
+    cfg = LlmConfig(max_context_tokens=64, dtype="float32", max_model_len=2048,
+                    engine={"gpu_memory_utilization": 0.5})
+    assert cfg.scorer_options("vllm") == {"max_context_tokens": 64, "dtype": "float32",
+                                          "max_model_len": 2048, "gpu_memory_utilization": 0.5}
+    with pytest.raises(ValueError, match="max_model_len is for the vllm backend, not hf"):
+        cfg.scorer_options("hf")
+    with pytest.raises(ValueError, match="dtype is for the hf and vllm backends, not openai"):
+        LlmConfig(dtype="bfloat16").scorer_options("openai")
+    assert LlmConfig(template="x.json").scorer_options("openai") == {"template": "x.json"}
+
+
+def test_ablate_compares_several_judges(two_fold_ensemble, judge_llm_dir, tmp_path, capsys):
+    from pipeline.thresholds import Thresholds
+
+    gold = write_corpus(tmp_path / "gold", fold_docs())
+    judge = tmp_path / "judge"
+    train_judge(labelled(), base=judge_llm_dir, out=judge, ensemble_identity="e",
+                config=JudgeConfig(**{**FAST, "max_steps": 3, "max_context_tokens": 64}))
+    paths = []
+    for k, t2 in enumerate((0.3, 0.6)):
+        paths.append(tmp_path / f"t{k}.json")
+        paths[-1].write_text(Thresholds.uniform(0.2, t2).model_dump_json())
+    common = ["ablate", "--ensemble", two_fold_ensemble, "--gold", gold, "--llm-backend", "hf",
+              "--out", tmp_path / "ab"]
+    code, _, err = run_cli(*common, "--llm", judge_llm_dir, "--llm", judge,
+                           "--thresholds", paths[0], capsys=capsys)
+    assert code == 2 and "2 --llm and 1 --thresholds" in err
+    code, out, err = run_cli(*common, "--llm", judge_llm_dir, "--llm", judge, "--thresholds",
+                             paths[0], "--thresholds", paths[1], "--max-context-tokens", "64",
+                             capsys=capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "ab" / "ablation.json").read_text())
+    systems = [c["system"] for c in report["costs"]]
+    assert systems == ["ensemble@0.8", "ensemble@tuned", "reranked[tiny]@tuned",
+                       "reranked[judge]@tuned"]
+    assert all(c["llm_calls"] == c["candidates"] > 0 for c in report["costs"][2:])
+    assert set(report["curves"]) == {"ensemble (t1 sweep)", *systems[2:]}
+    assert (tmp_path / "ab" / "pr.png").exists() and "reranked[judge]@tuned" in out

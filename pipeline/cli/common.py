@@ -24,6 +24,19 @@ LlmBackendOption = Annotated[str | None, typer.Option(
          "--llm-url, else vllm where installed, else hf.")]
 LlmUrlOption = Annotated[list[str] | None, typer.Option(
     help="vLLM server URL; repeat for replicas.")]
+LlmConfigOption = Annotated[Path | None, typer.Option(
+    help="LlmConfig JSON: template, max_context_tokens, use_chat_template, dtype, "
+         "max_model_len, lora, engine (more vLLM engine options); unknown keys fail. A judge "
+         "from `pipeline train-judge` brings its own prompt settings.")]
+LlmTemplateOption = Annotated[str | None, typer.Option(
+    help="Prompt template of the LLM: a shipped name or a .json file (overrides "
+         "--llm-config).")]
+MaxContextOption = Annotated[int | None, typer.Option(
+    min=16, help="Tokens of the note the LLM is shown around a candidate (overrides "
+                 "--llm-config; default 1024, or a judge's own).")]
+LlmLoraOption = Annotated[bool, typer.Option(
+    help="vllm backend: serve a judge as its LoRA adapter on its base model, so that "
+         "several judges share one base.")]
 CacheDirOption = Annotated[Path | None, typer.Option(
     help="Character-probability and LLM-score cache (default: ENSEMBLE/cache).")]
 
@@ -64,3 +77,32 @@ def llm_progress(scorer) -> Iterator[None]:
             yield
         finally:
             scorer.on_progress = None
+
+
+def llm_settings(config: Path | None, template: str | None = None,
+                 max_context_tokens: int | None = None, lora: bool = False):
+    """The ``LlmConfig`` of ``--llm-config`` with the command line's overrides."""
+    from stage1_ensemble.config import load_config
+    from stage2_rerank.config import LlmConfig
+
+    settings = load_config(config, LlmConfig) if config else LlmConfig()
+    updates = {k: v for k, v in (("template", template),
+                                 ("max_context_tokens", max_context_tokens)) if v is not None}
+    if lora:
+        updates["lora"] = True
+    return LlmConfig.model_validate({**settings.model_dump(), **updates})
+
+
+def checked_settings(llm, backend, urls, config, template, max_context_tokens, lora):
+    """The LLM's settings, checked against its backend before any model loads."""
+    from pipeline.errors import PipelineError
+    from pipeline.recognizer import resolve_backend
+
+    settings = llm_settings(config, template, max_context_tokens, lora)
+    chosen = resolve_backend(llm, backend, urls)
+    if chosen is not None:
+        try:
+            settings.scorer_options(chosen)
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from None
+    return settings

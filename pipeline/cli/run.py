@@ -14,8 +14,13 @@ from pipeline.cli.common import (
     EnsembleOption,
     InferenceConfigOption,
     LlmBackendOption,
+    LlmConfigOption,
+    LlmLoraOption,
     LlmOption,
+    LlmTemplateOption,
     LlmUrlOption,
+    MaxContextOption,
+    checked_settings,
     follow_llm,
     progress_display,
 )
@@ -42,13 +47,17 @@ def run_command(
     cache_dir: CacheDirOption = None,
     texts: Annotated[Path | None, typer.Option(help="Text folder of a TSV input.")] = None,
     inference_config: InferenceConfigOption = None,
+    llm_config: LlmConfigOption = None,
+    llm_template: LlmTemplateOption = None,
+    max_context_tokens: MaxContextOption = None,
+    llm_lora: LlmLoraOption = False,
 ) -> None:
     """Propose spans with the ensemble, judge them with the LLM, write what is kept.
 
     Killed at any moment, the same command continues where it stopped."""
     from pipeline.errors import ReadReport
     from pipeline.readers import brat_stems, corpus_layout, open_corpus, stem_id
-    from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend, warn_unfit
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm, warn_unfit
     from pipeline.run import check_formats, in_shard, parse_shard, run_pipeline
     from pipeline.thresholds import Thresholds
     from pipeline.writers import folder_lock
@@ -56,14 +65,15 @@ def run_command(
     share = parse_shard(shard)  # before the slow loads: fail fast
     formats = [f.strip() for f in format.split(",") if f.strip()]
     check_formats(formats)
-    resolve_backend(llm, llm_backend, llm_url)
+    settings = checked_settings(llm, llm_backend, llm_url, llm_config, llm_template,
+                                max_context_tokens, llm_lora)
     layout = corpus_layout(input, texts)  # a missing or unknown input: say so now
     th = Thresholds.load(thresholds) if thresholds else Thresholds.uniform(stage1_threshold,
                                                                            stage2_threshold)
     with folder_lock(output, "pipeline run"):  # before the slow loads: a second one stops now
         ens = load_ensemble(ensemble, inference_config)
         cache = cache_dir or ensemble / "cache"
-        scorer = load_llm(llm, llm_backend, llm_url, cache)
+        scorer = load_llm(llm, llm_backend, llm_url, cache, settings)
         warn_unfit(th, ens, scorer, str(thresholds) if thresholds else "thresholds")
         report = ReadReport()
         docs = open_corpus(input, texts=texts, lenient=True, report=report,

@@ -15,9 +15,16 @@ from pipeline.cli.common import (
     EnsembleOption,
     InferenceConfigOption,
     LlmBackendOption,
+    LlmConfigOption,
+    LlmLoraOption,
     LlmOption,
+    LlmTemplateOption,
     LlmUrlOption,
+    MaxContextOption,
+    checked_settings,
+    follow_llm,
     llm_progress,
+    progress_display,
 )
 from pipeline.errors import PipelineError
 from pipeline.writers import atomic_write
@@ -76,20 +83,25 @@ def tune_command(
         help="Stage-1 thresholds to try, comma-separated (default 0.30 to 0.95 by 0.05).")] = None,
     cache_dir: CacheDirOption = None,
     inference_config: InferenceConfigOption = None,
+    llm_config: LlmConfigOption = None,
+    llm_template: LlmTemplateOption = None,
+    max_context_tokens: MaxContextOption = None,
+    llm_lora: LlmLoraOption = False,
 ) -> None:
     """Sweep both thresholds jointly per class; write thresholds.json with the figures."""
-    from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm
     from pipeline.tune import T1_GRID, collect, heatmaps, thresholds_from, tune_class
 
     if objective not in ("char_f1", "strict_f1"):
         raise PipelineError(f"--objective must be char_f1 or strict_f1, not {objective!r}")
     grid = parse_grid(t1_grid) if t1_grid else T1_GRID
-    resolve_backend(llm, llm_backend, llm_url)
+    settings = checked_settings(llm, llm_backend, llm_url, llm_config, llm_template,
+                                max_context_tokens, llm_lora)
     check_gold(gold, subset)
     ens = load_ensemble(ensemble, inference_config)
     docs = gold_documents(gold, subset, ens.classes)  # before the (slow) LLM loads
     cache = cache_dir or ensemble / "cache"
-    scorer = load_llm(llm, llm_backend, llm_url, cache)
+    scorer = load_llm(llm, llm_backend, llm_url, cache, settings)
     typer.echo(f"tuning on {len(docs)} documents", err=True)
     with llm_progress(scorer):
         sets = collect(docs, ens, scorer, t1_grid=grid, char_cache=char_cache(cache, ens),
@@ -124,35 +136,70 @@ def tune_command(
 def ablate_command(
     ensemble: EnsembleOption,
     gold: Annotated[Path, typer.Option(help="Gold corpus to report on.")],
-    thresholds: Annotated[Path, typer.Option(help="thresholds.json from `pipeline tune`.")],
+    thresholds: Annotated[list[Path], typer.Option(
+        help="thresholds.json from `pipeline tune`; with several --llm, one for each, in "
+             "the same order.")],
     out: Annotated[Path, typer.Option(help="Folder for ablation.md, ablation.json, pr.png.")],
-    llm: LlmOption = None,
+    llm: Annotated[list[Path] | None, typer.Option(
+        exists=True, file_okay=False,
+        help="Re-ranker model folder; repeat to compare several (say, the zero-shot base "
+             "and a judge from `pipeline train-judge`): a re-ranked row for each.")] = None,
     llm_backend: LlmBackendOption = None,
     llm_url: LlmUrlOption = None,
     subset: Subset = "0/1",
     cache_dir: CacheDirOption = None,
     inference_config: InferenceConfigOption = None,
+    llm_config: LlmConfigOption = None,
+    llm_template: LlmTemplateOption = None,
+    max_context_tokens: MaxContextOption = None,
+    llm_lora: LlmLoraOption = False,
 ) -> None:
     """Ensemble alone (paper's 0.8, tuned) vs re-ranked, per language × class, with counts."""
-    from pipeline.ablate import ablate, markdown, pr_curves
-    from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend, warn_unfit
+    from functools import partial
+
+    from pipeline.ablate import Judge, ablate, markdown, plot
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm, warn_unfit
     from pipeline.thresholds import Thresholds
 
-    tuned = Thresholds.load(thresholds)  # before the (slow) model loads: fail fast
-    resolve_backend(llm, llm_backend, llm_url)
+    llms = list(llm or [])
+    if len(llms) > 1 and len(thresholds) != len(llms) or len(thresholds) > max(1, len(llms)):
+        raise PipelineError(f"{len(llms)} --llm and {len(thresholds)} --thresholds: give one "
+                            "thresholds file for each LLM, in the same order")
+    tuned = [Thresholds.load(t) for t in thresholds]  # before the (slow) models load
+    settings = checked_settings(llms[0] if llms else None, llm_backend, llm_url, llm_config,
+                                llm_template, max_context_tokens, llm_lora)
     check_gold(gold, subset)
     ens = load_ensemble(ensemble, inference_config)
     docs = gold_documents(gold, subset, ens.classes)
     cache = cache_dir or ensemble / "cache"
-    scorer = load_llm(llm, llm_backend, llm_url, cache)
-    warn_unfit(tuned, ens, scorer, str(thresholds))
+    names = judge_names(llms)
+
+    def loader(model: Path, th: Thresholds, source: Path):
+        scorer = load_llm(model, llm_backend, llm_url, cache, settings)
+        warn_unfit(th, ens, scorer, str(source))
+        follow_llm(progress, scorer)
+        return scorer
+
+    judges = [Judge(name, partial(loader, m, th, src), th)
+              for name, m, th, src in zip(names, llms, tuned, thresholds)]
+    if not llms:
+        warn_unfit(tuned[0], ens, None, str(thresholds[0]))
     cc = char_cache(cache, ens)
-    with llm_progress(scorer):
-        report = ablate(docs, ens, scorer, tuned, char_cache=cc)
+    with progress_display() as progress:  # each LLM's bar as it loads
+        report = ablate(docs, ens, judges, tuned[0], char_cache=cc, curves=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(report, indent=2))
     text = markdown(report)
     (out / "ablation.md").write_text(text)
-    with llm_progress(scorer):
-        pr_curves(docs, ens, scorer, tuned, out / "pr.png", char_cache=cc)
+    plot(report, out / "pr.png")
     typer.echo(text)
+
+
+def judge_names(llms: list[Path]) -> list[str]:
+    """Row names of the re-ranked systems: as before with one LLM, each folder's name with
+    several."""
+    if len(llms) == 1:
+        return ["reranked@tuned"]
+    names = [f"reranked[{m.name}]@tuned" for m in llms]
+    return names if len(set(names)) == len(names) else \
+        [f"reranked[{k}:{m.name}]@tuned" for k, m in enumerate(llms)]
