@@ -53,12 +53,16 @@ def out_of_fold_candidates(docs: Sequence[Document], ensemble, *, threshold: flo
     for cls in ensemble.classes:
         members = ensemble.members_of(cls)
         folds = {m.n_folds for m in members}
-        if folds != {max(folds)} or max(folds) < 2:
+        if len(folds) > 1:  # which documents a member did not see would be ambiguous
+            raise PipelineError(f"the ensemble's {cls} members were trained with different "
+                                f"--folds ({', '.join(map(str, sorted(folds)))}); train-judge "
+                                "needs one fold split")
+        if max(folds) < 2:
             raise PipelineError(
-                f"the ensemble's {cls} members were trained with --folds "
-                f"{'/'.join(map(str, sorted(folds)))}: every member saw every training "
-                "document, so none can propose on one it did not train on. Train with "
-                "--folds 2 or more, or give a held-out gold corpus (--candidates-from)")
+                f"the ensemble's {cls} members were trained with --folds {max(folds)}: every "
+                "member saw every training document, so none can propose on one it did not "
+                "train on. Train with --folds 2 or more, or give a held-out gold corpus "
+                "(--candidates-from)")
         n_folds = max(folds)
         for fold in range(n_folds):
             mine = [m for m in members if m.fold == fold]

@@ -138,10 +138,21 @@ def load_base(base: str | Path, config: JudgeConfig):
         n_layers = model.config.num_hidden_layers
         layers = (list(range(max(0, n_layers - config.lora_layers), n_layers))
                   if config.lora_layers else None)
+        targets = config.lora_targets
+        if layers is not None and targets == "all-linear":  # peft wants names with layers
+            targets = linear_names(model)
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                          lora_dropout=config.lora_dropout, target_modules=config.lora_targets,
+                          lora_dropout=config.lora_dropout, target_modules=targets,
                           layers_to_transform=layers, bias="none", task_type="CAUSAL_LM")
         return get_peft_model(model, lora)
+
+
+def linear_names(model) -> list[str]:
+    """The names of the linear layers inside the decoder's layers (what peft's
+    "all-linear" means: every one but the output layer)."""
+    names = {name.rpartition(".")[2] for name, module in model.get_decoder().named_modules()
+             if isinstance(module, torch.nn.Linear)}
+    return sorted(names)
 
 
 def _collate(rows: list[dict]) -> dict:

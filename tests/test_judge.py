@@ -138,6 +138,16 @@ def test_tiny_judge_overfits_saves_and_reloads(judge_llm_dir, tmp_path):
                     config=JudgeConfig(**{**FAST, "max_steps": 61}), ensemble_identity="e")
 
 
+def test_lora_in_the_last_layers_only(judge_llm_dir):
+    model = load_base(judge_llm_dir, JudgeConfig(lora_layers=1))
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, p in model.named_parameters()
+               if p.requires_grad}
+    assert adapted == {"1"}  # the tiny model has layers 0 and 1
+    every = load_base(judge_llm_dir, JudgeConfig())
+    assert {n.split(".layers.")[1].split(".")[0] for n, p in every.named_parameters()
+            if p.requires_grad} == {"0", "1"}
+
+
 def test_full_fine_tuning_has_no_adapter(judge_llm_dir, tmp_path):
     record = train_judge(labelled(), base=judge_llm_dir, out=tmp_path / "full",
                          config=JudgeConfig(**{**FAST, "lora": False, "max_steps": 5}),
