@@ -199,3 +199,19 @@ def test_tune_and_ablate_with_an_llm_show_its_progress(tmp_path, tiny_ensemble, 
     assert "tuned for" not in out.stderr and "tuned with" not in out.stderr  # their own thresholds
     assert set(json.loads((tmp_path / "t.json").read_text())["tuned_for"]) == {"ensemble", "llm"}
     assert json.loads((tmp_path / "ablation" / "ablation.json").read_text())["costs"]
+
+
+def test_ctrl_c_is_exit_130_not_success(tmp_path, monkeypatch, capsys):
+    import pipeline.cli.evaluate as command
+
+    gold = tmp_path / "g.tsv"
+    gold.write_text("filename\tlabel\tstart_span\tend_span\ttext\nd\tDISEASE\t0\t6\tx\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "evaluate", interrupted)
+    from tests.cli_inprocess import run_cli
+
+    code, out, err = run_cli("evaluate", "--gold", gold, "--pred", gold, capsys=capsys)
+    assert code == 130 and "interrupted" in err and out == ""

@@ -20,6 +20,7 @@ from pipeline.judge import Labelled, label_candidates, out_of_fold_candidates, t
 from pipeline.training import fold_of
 from stage2_rerank import Candidate, load_scorer
 from stage2_rerank.training import JudgeConfig, group_diffs, judge_loss, load_base, roc_auc
+from tests.cli_inprocess import run_cli
 
 TEXT = "Paciente con diabetes mellitus y fiebre alta; niega dolor torácico agudo."
 
@@ -259,23 +260,6 @@ def test_no_candidate_comes_from_a_member_that_trained_on_its_document(two_fold_
         assert {fold_of_text[t] for t in texts} == folds  # ...on their held-out documents
     assert all(s.doc_id == d.id and s.label == "DISEASE" for d, c in zip(docs, cands) for s in c)
     assert sum(map(len, cands)) > 0
-
-
-def run_cli(*args: str, capsys) -> tuple[int, str, str]:
-    """The ``pipeline`` command in this process, as the shell would run it."""
-    from pipeline.cli import main
-
-    old = sys.argv
-    sys.argv = ["pipeline", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def one_error_line(err: str) -> bool:

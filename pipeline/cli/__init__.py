@@ -42,7 +42,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _register()
     try:
-        app(standalone_mode=False)
+        # without standalone mode, typer returns what a command exits with instead of
+        # exiting: 130 for Ctrl-C, which must not end the process as a success
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            if code == 130:
+                typer.echo("interrupted; the same command continues where it stopped", err=True)
+            sys.exit(code)
     except (PipelineError, FileNotFoundError, ValueError) as exc:
         # bad input, a missing file, a config that does not validate: one line, no traceback
         typer.secho(f"error: {exc}", fg="red", err=True)
