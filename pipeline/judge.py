@@ -223,7 +223,7 @@ def train_judge(items: Sequence[Labelled], *, base: Path, out: Path, config,
         builder = prompt_builder(base, config)
         tokenizer, template = builder.tokenizer, builder.template
         cands = as_candidates(items)
-        prompts = builder.build(cands)
+        prompts = builder.build(cands)  # training_prompts(), with the candidates kept
         train = [Example(p, i.label) for p, i in zip(prompts, items) if not i.validation]
         rows = prefix_groups(train, config.max_group)
         say(f"training on {len(train)} candidates ({len(rows)} prompt prefixes), "

@@ -112,6 +112,11 @@ def validate_member(model_dir: Path, docs: Sequence[Document], cls: str) -> dict
             "best_threshold": -best[1], "best_char_f1": best[0]}
 
 
+def corpus_data_hash(docs: Sequence[Document]) -> str:
+    """The manifest's ``data_hash`` of a training corpus: which corpus members trained on."""
+    return data_hash([(d.id, d.text, [(s.label, s.start, s.end) for s in d.spans]) for d in docs])
+
+
 def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[str],
                    classes: Sequence[str] = CLASSES, n_folds: int = 1,
                    config: TrainConfig | None = None,
@@ -122,8 +127,7 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, "pipeline train"):
-        corpus_hash = data_hash([(d.id, d.text, [(s.label, s.start, s.end) for s in d.spans])
-                                 for d in docs])
+        corpus_hash = corpus_data_hash(docs)
         manifest_path = out / "ensemble.json"
         if manifest_path.exists():
             old = read_manifest(out)

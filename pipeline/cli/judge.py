@@ -56,9 +56,8 @@ def train_judge_command(
     )
     from pipeline.readers import corpus_layout, open_corpus
     from pipeline.recognizer import char_cache, load_ensemble
-    from pipeline.training import DEFAULT_GROUP_PATTERN
+    from pipeline.training import DEFAULT_GROUP_PATTERN, corpus_data_hash
     from stage1_ensemble.config import load_config
-    from stage1_ensemble.ensemble import data_hash
     from stage2_rerank.training import JudgeConfig, check_causal_lm
 
     if corpus is None and candidates_from is None:
@@ -84,8 +83,7 @@ def train_judge_command(
         train_docs = list(open_corpus(corpus, lenient=lenient, report=report,
                                       classes=tuple(ens.classes)))
         typer.echo(f"{corpus}: {report.summary()}", err=True)
-        trained_on = data_hash([(d.id, d.text, [(s.label, s.start, s.end) for s in d.spans])
-                                for d in train_docs])
+        trained_on = corpus_data_hash(train_docs)
         if trained_on != ens.manifest.data_hash:
             raise PipelineError(
                 f"{corpus} is not the corpus the ensemble was trained on (data hash "
