@@ -17,7 +17,7 @@ from itertools import islice, zip_longest
 from pathlib import Path
 
 from pipeline.documents import Document, Span
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, is_document_fault
 from pipeline.predict import needs_llm, two_stages
 from pipeline.thresholds import Thresholds
 from pipeline.writers import atomic_write, folder_lock, jsonl_record, write_corpus
@@ -132,6 +132,18 @@ def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thr
     return records
 
 
+def one_document(doc: Document, **stages) -> list[dict]:
+    """``process_chunk`` of one document, or its failure record where the document is at
+    fault (anything else propagates: see ``pipeline.errors``)."""
+    try:
+        return process_chunk([doc], **stages)
+    except Exception as exc:
+        if not is_document_fault(exc):
+            raise
+        return [{"id": doc.id, "status": "failed", "reason": str(exc), "text": doc.text,
+                 "entity_class": doc.entity_class, "spans": []}]
+
+
 CORPUS_CHANGED = ("the corpus has changed since this run began. Use another --output or "
                   "delete this one")
 
@@ -187,18 +199,15 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
             try:
                 records = process_chunk(chunk, ensemble=ensemble, scorer=scorer,
                                         thresholds=thresholds, char_cache=char_cache, summary=summary)
-            except (ValueError, RuntimeError) as exc:  # one bad document must not sink the chunk
+            except Exception as exc:
+                if not is_document_fault(exc):  # the LLM service down, a full disk: stop,
+                    raise  # and the rerun does these documents; they are not failures
+                # one bad document must not sink the chunk
                 logger.warning("chunk %d failed (%s); retrying its documents one by one", k, exc)
-                records = []
-                for doc in chunk:
-                    try:
-                        records += process_chunk([doc], ensemble=ensemble, scorer=scorer,
-                                                 thresholds=thresholds, char_cache=char_cache,
-                                                 summary=summary)
-                    except (ValueError, RuntimeError) as one:
-                        records.append({"id": doc.id, "status": "failed", "reason": str(one),
-                                        "text": doc.text, "entity_class": doc.entity_class,
-                                        "spans": []})
+                records = [record for doc in chunk
+                           for record in one_document(doc, ensemble=ensemble, scorer=scorer,
+                                                      thresholds=thresholds,
+                                                      char_cache=char_cache, summary=summary)]
             atomic_write(part, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             for r in records:
                 summary.add(r)

@@ -140,17 +140,18 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
             raise PipelineError(f"no gold {', '.join(empty)} spans in the training documents; "
                                 "choose the classes the corpus annotates (--classes)")
         check_folds(docs, classes, n_folds, group_pattern)
-        check_encoders([e for e in dict.fromkeys(encoders)
-                        if any(not member_file(out, member_name(c, e, f)).exists()
+        names = encoder_names(encoders)
+        check_encoders([e for e in encoders
+                        if any(not member_file(out, member_name(c, names[e], f)).exists()
                                for c in classes for f in range(n_folds))], config)
-        planned = [member_name(c, e, f) for c in classes for e in encoders
+        planned = [member_name(c, names[e], f) for c in classes for e in encoders
                    for f in range(n_folds)]
         members: list[Member] = []
         for cls in classes:
             cls_docs = [d for d in docs if d.entity_class in (None, cls)]
             for encoder in encoders:
                 for fold in range(n_folds):
-                    name = member_name(cls, encoder, fold)
+                    name = member_name(cls, names[encoder], fold)
                     member = train_one(name, cls, encoder, fold, n_folds, cls_docs, out, config,
                                        group_pattern, on_member)
                     members.append(member)
@@ -164,9 +165,12 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
 LOGGING_ONLY = {"logging_steps"}
 
 
-def kept_member_changes(member: Member, n_folds: int, config: TrainConfig) -> list[str]:
+def kept_member_changes(member: Member, n_folds: int, config: TrainConfig,
+                        encoder: str | None = None) -> list[str]:
     """How a finished member's training differs from the one asked for now."""
     changes = [f"--folds {member.n_folds}, now {n_folds}"] if member.n_folds != n_folds else []
+    if encoder is not None and encoder_key(member.encoder) != encoder_key(encoder):
+        changes.append(f"encoder {member.encoder}, now {encoder}")
     try:
         then = TrainConfig.model_validate(member.config).model_dump()
     except ValueError:
@@ -177,8 +181,30 @@ def kept_member_changes(member: Member, n_folds: int, config: TrainConfig) -> li
     return changes
 
 
-def member_name(cls: str, encoder: str, fold: int) -> str:
-    return f"{cls.lower()}-{slug(encoder)}-f{fold}"
+def encoder_names(encoders: Sequence[str]) -> dict[str, str]:
+    """Each encoder's part of its members' names: its ``slug``, and where two encoders of
+    one ensemble share a slug (``v1/minilm`` and ``v2/minilm``), the slug and a short hash
+    of the encoder, so that no member stands in for another's."""
+    seen: dict[str, str] = {}
+    for encoder in encoders:
+        key = encoder_key(encoder)
+        if key in seen:
+            raise PipelineError(f"encoder {encoder} is given twice (as {seen[key]} too)")
+        seen[key] = encoder
+    slugs = [slug(e) for e in encoders]
+    return {e: s if slugs.count(s) == 1 else
+            f"{s}-{hashlib.sha1(encoder_key(e).encode()).hexdigest()[:6]}"
+            for e, s in zip(encoders, slugs)}
+
+
+def encoder_key(encoder: str) -> str:
+    """One spelling of an encoder: a folder by its absolute path, a hub name as given."""
+    path = Path(encoder).expanduser()
+    return str(path.resolve()) if path.exists() else encoder
+
+
+def member_name(cls: str, encoder_name: str, fold: int) -> str:
+    return f"{cls.lower()}-{encoder_name}-f{fold}"
 
 
 def member_file(out: Path, name: str) -> Path:
@@ -230,7 +256,7 @@ def train_one(name: str, cls: str, encoder: str, fold: int, n_folds: int,
             member = load_config(done, Member, "member record")
         except ValueError as exc:  # written atomically now; a version before may have left half
             raise PipelineError(f"{exc}; delete {member_dir} to train this member again") from None
-        changed = kept_member_changes(member, n_folds, config)
+        changed = kept_member_changes(member, n_folds, config, encoder)
         if changed:  # keeping it would mix members of two recipes or two fold splits
             raise PipelineError(f"{done}: this member was trained with other settings "
                                 f"({'; '.join(changed)}); train into another --out, or "

@@ -106,8 +106,8 @@ def test_a_cache_that_cannot_be_opened_is_one_line_naming_it(tmp_path, tiny_ense
                    "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
-        f"error: {blocked}: unable to open database file (--cache-dir puts the caches in "
-        "another folder)")
+        f"error: {blocked}: unable to open database file (a cache that cannot be read may be "
+        "deleted: it only saves work; --cache-dir puts the caches in another folder)")
 
 
 def test_bad_config_files_are_one_line_naming_file_and_key(tmp_path, tiny_ensemble):

@@ -98,6 +98,36 @@ def test_an_ensemble_whose_training_has_not_finished_is_refused(tmp_path):
     assert finished.identity() == finished.model_copy(update={"planned": []}).identity()
 
 
+def test_encoders_of_one_folder_name_each_train_their_own_members(tmp_path):
+    """v1/minilm and v2/minilm once gave one member name: the second was "kept" as the
+    first and never trained; resuming with another encoder of that name did the same."""
+    import shutil
+
+    from pipeline.errors import PipelineError
+    from tests.tiny_models import tiny_bert_encoder
+
+    first = tiny_bert_encoder(tmp_path / "v1" / "minilm")
+    second = tmp_path / "v2" / "minilm"
+    shutil.copytree(first, second)
+    config = TrainConfig(max_steps=1, warmup_steps=0, batch_size=2, max_length=64, stride=8)
+    trained = []
+    manifest = train_ensemble(two_docs(), out=tmp_path / "ens", encoders=[str(first), str(second)],
+                              classes=["DISEASE"], config=config,
+                              on_member=lambda name, what: trained.append((name, what)))
+    names = [m.name for m in manifest.members]
+    assert len(set(names)) == 2 and all(what == "training" for _, what in trained)
+    assert [m.encoder for m in manifest.members] == [str(first), str(second)]
+    assert all(n.startswith("disease-minilm-") and n.endswith("-f0") for n in names)
+    with pytest.raises(PipelineError, match="is given twice"):
+        train_ensemble(two_docs(), out=tmp_path / "twice", encoders=[str(first), str(first)],
+                       classes=["DISEASE"], config=config)
+    train_ensemble(two_docs(), out=tmp_path / "one", encoders=[str(first)],
+                   classes=["DISEASE"], config=config)
+    with pytest.raises(PipelineError, match=rf"other settings \(encoder {first}, now {second}"):
+        train_ensemble(two_docs(), out=tmp_path / "one", encoders=[str(second)],
+                       classes=["DISEASE"], config=config)
+
+
 def test_a_damaged_member_record_is_named_not_a_validation_traceback(tmp_path):
     """member.json marks a member done; one left empty (a crash while an older version
     wrote it, which it did in place) stops training in one line that names the file and

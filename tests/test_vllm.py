@@ -136,3 +136,30 @@ def test_vllm_serves_a_trained_judge_merged_and_as_lora(trained_judge):
         assert scorer.score(CANDS) == pytest.approx(hf, abs=1e-3)
         del scorer
         gc.collect()
+
+
+def test_an_engine_that_dies_is_the_service_failing_not_the_prompt():
+    """The run stops (and the rerun continues) instead of failing the documents."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from pipeline.errors import ErrorKind, kind_of
+    from stage2_rerank.backends.vllm_engine import VLLMBackend
+    from stage2_rerank.errors import ServiceError
+    from stage2_rerank.prompting import PromptIds
+
+    class Engine:
+        def __init__(self, error):
+            self.error = error
+
+        def generate(self, *args, **kwargs):
+            raise self.error
+
+    backend = VLLMBackend.__new__(VLLMBackend)  # no engine started: only its failures
+    backend.lora = None
+    backend.llm = Engine(EngineDeadError())
+    with pytest.raises(ServiceError, match="the vLLM engine failed") as failed:
+        backend.score_prompts([PromptIds((1, 2), (3,))], 4, 5)
+    assert kind_of(failed.value) is ErrorKind.TRANSIENT
+    backend.llm = Engine(ValueError("prompt too long"))  # the prompt's fault: as it was
+    with pytest.raises(ValueError, match="prompt too long"):
+        backend.score_prompts([PromptIds((1, 2), (3,))], 4, 5)

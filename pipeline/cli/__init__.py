@@ -6,19 +6,13 @@ logging and chooses exit codes. Bad input ends with one line naming the file and
 
 from __future__ import annotations
 
-import errno
 import logging
-import sqlite3
 import sys
+import traceback
 
 import typer
 
-from pipeline.errors import PipelineError
-
-# What the machine refuses rather than what the code gets wrong: a folder that cannot be
-# written, a full disk. One line, as for bad input; anything else keeps its traceback.
-REFUSALS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOTDIR,
-            errno.EISDIR, errno.ENAMETOOLONG}
+from pipeline.errors import EXIT_CODES, ErrorKind, kind_of, message
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Two-stage clinical NER: DISEASE, SYMPTOM and PROCEDURE spans.")
@@ -45,33 +39,24 @@ def main() -> None:
         # without standalone mode, typer returns what a command exits with instead of
         # exiting: 130 for Ctrl-C, which must not end the process as a success
         code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
-            if code == 130:
-                typer.echo("interrupted; the same command continues where it stopped", err=True)
-            sys.exit(code)
-    except (PipelineError, FileNotFoundError, ValueError) as exc:
-        # bad input, a missing file, a config that does not validate: one line, no traceback
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except OSError as exc:
-        if exc.errno not in REFUSALS:
-            raise
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(1)
-    except sqlite3.Error as exc:  # a cache that cannot be opened or written (the file is named)
-        typer.secho(f"error: {exc} (--cache-dir puts the caches in another folder)", fg="red",
-                    err=True)
-        sys.exit(1)
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        if not _shows_itself(exc):
-            raise
-        exc.show()  # a usage error or a bad option value: click's own message
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every kind is decided in pipeline.errors
+        if _shows_itself(exc):
+            exc.show()  # a usage error or a bad option value: click's own message
+            sys.exit(exc.exit_code)
+        kind = ErrorKind.INTERRUPTED if type(exc).__name__ == "Abort" else kind_of(exc)
+        if kind is ErrorKind.BUG:
+            traceback.print_exc()
+        typer.secho(message(exc, kind), fg=None if kind is ErrorKind.INTERRUPTED else "red",
+                    err=True)
+        sys.exit(EXIT_CODES[kind])
+    if isinstance(code, int) and code:
+        if code == EXIT_CODES[ErrorKind.INTERRUPTED]:
+            typer.echo(message(KeyboardInterrupt(), ErrorKind.INTERRUPTED), err=True)
+        sys.exit(code)
 
 
 def _shows_itself(exc: Exception) -> bool:

@@ -26,7 +26,8 @@ LlmUrlOption = Annotated[list[str] | None, typer.Option(
     help="vLLM server URL; repeat for replicas.")]
 LlmConfigOption = Annotated[Path | None, typer.Option(
     help="LlmConfig JSON: template, max_context_tokens, use_chat_template, dtype, "
-         "max_model_len, lora, engine (more vLLM engine options); unknown keys fail. A judge "
+         "max_model_len, lora, engine (more vLLM engine options), server (openai: timeout, "
+         "retries, backoff, batch_size, concurrency); unknown keys fail. A judge "
          "from `pipeline train-judge` brings its own prompt settings.")]
 LlmTemplateOption = Annotated[str | None, typer.Option(
     help="Prompt template of the LLM: a shipped name or a .json file (overrides "

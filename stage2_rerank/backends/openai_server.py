@@ -13,14 +13,20 @@ import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from stage2_rerank.errors import ServiceError
 from stage2_rerank.prompting import PromptIds
 from stage2_rerank.scorer import yes_probability
 
 logger = logging.getLogger(__name__)
 
 
-class ServerError(RuntimeError):
-    pass
+class ServerError(ServiceError):
+    """No server gave a usable answer (down, overloaded, too slow, or a broken reply)."""
+
+
+# Replies that say the request itself is wrong (its prompt), not the service: retrying the
+# same prompt cannot help, and another document's may pass.
+REQUEST_REFUSED = (400, 413, 422)
 
 
 class OpenAIBackend:
@@ -100,9 +106,12 @@ class OpenAIBackend:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode("utf-8", "replace")
-            if exc.code >= 500:
-                raise ServerError(f"HTTP {exc.code}: {detail}") from None
-            raise RuntimeError(f"{url} refused the request: HTTP {exc.code}: {detail}") from None
+            if exc.code in REQUEST_REFUSED:
+                raise RuntimeError(f"{url} refused the request: HTTP {exc.code}: {detail}"
+                                   ) from None
+            # 5xx, a rate limit (429), or a server that does not serve this model (404) or
+            # this user (401, 403): the service's state, which a later attempt may find fixed
+            raise ServerError(f"HTTP {exc.code}: {detail}") from None
         except json.JSONDecodeError as exc:
             raise ServerError(f"reply is not JSON ({exc})") from None
 

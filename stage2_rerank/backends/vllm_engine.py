@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from stage2_rerank.errors import ServiceError
 from stage2_rerank.prompting import PromptIds
 from stage2_rerank.scorer import yes_probability
 
@@ -23,6 +24,16 @@ def _on_cpu() -> bool:
         return not torch.cuda.is_available()
     except ImportError:  # pragma: no cover
         return True
+
+
+def _engine_failure(exc: BaseException) -> bool:
+    """Is ``exc`` vLLM saying that its engine failed (it died, or a request failed inside
+    it), as opposed to refusing the prompt?"""
+    try:
+        from vllm.exceptions import VLLMServerError
+    except ImportError:  # pragma: no cover - an older vLLM: its engine errors by name
+        return type(exc).__name__ in ("EngineDeadError", "EngineGenerateError")
+    return isinstance(exc, VLLMServerError)
 
 
 # vLLM takes these values of max_lora_rank only
@@ -80,8 +91,13 @@ class VLLMBackend:
 
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=2,
                                 logprob_token_ids=[yes_id, no_id])
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.ids) for p in prompts],
-                                    params, use_tqdm=False, lora_request=self.lora)
+        try:
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.ids) for p in prompts],
+                                        params, use_tqdm=False, lora_request=self.lora)
+        except Exception as exc:
+            if not _engine_failure(exc):
+                raise
+            raise ServiceError(f"the vLLM engine failed ({type(exc).__name__}: {exc})") from exc
         scores = []
         for i, out in enumerate(outputs):
             step = out.outputs[0].logprobs[0]
