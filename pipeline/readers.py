@@ -144,9 +144,9 @@ def read_brat(folder: Path, *, label_map: dict[str, str] | None = None,
               classes: tuple[str, ...] = CLASSES, lang: str | None = None,
               entity_class: str | None = None, lenient: bool = False,
               report: ReadReport | None = None, ann_folder: Path | None = None,
-              ) -> Iterator[Document]:
+              annotations: bool = True) -> Iterator[Document]:
     """A brat folder (``NAME.txt`` + ``NAME.ann``), or one such ``NAME.txt`` file; a ``.txt``
-    without ``.ann`` has no spans."""
+    without ``.ann`` has no spans. ``annotations=False`` reads the texts only."""
     folder, ann_folder = Path(folder), Path(ann_folder or folder)
     label_map = DEFAULT_LABEL_MAP if label_map is None else label_map
     report = report if report is not None else ReadReport()
@@ -157,7 +157,8 @@ def read_brat(folder: Path, *, label_map: dict[str, str] | None = None,
         ann_folder = folder.parent
     stems = brat_stems(folder)
     folder = folder.parent if one else folder
-    for orphan in sorted(p for p in ann_folder.glob("*.ann") if p.stem not in stems and not one):
+    orphans = ann_folder.glob("*.ann") if annotations and not one else ()
+    for orphan in sorted(p for p in orphans if p.stem not in stems):
         report.skip(CorpusError(orphan, f"has no text file {orphan.stem}.txt in {folder}"),
                     lenient)
     for stem in stems:
@@ -170,9 +171,12 @@ def read_brat(folder: Path, *, label_map: dict[str, str] | None = None,
             continue
         ann = ann_folder / f"{stem}.ann"
         spans = []
-        if ann.exists():
-            spans = parse_ann(ann, text, doc_id, label_map=label_map, classes=classes,
-                              report=report, lenient=lenient)
+        if annotations and ann.exists():
+            try:
+                spans = parse_ann(ann, text, doc_id, label_map=label_map, classes=classes,
+                                  report=report, lenient=lenient)
+            except CorpusError as exc:  # the whole file unreadable (not UTF-8, say)
+                report.skip(exc, lenient)
         report.documents += 1
         report.spans += len(spans)
         yield Document(doc_id, text, lang=lang or lang_from_id(doc_id),
@@ -254,8 +258,10 @@ def read_tsv_corpus(tsv: Path, texts: Path, *, lenient: bool = False,
 
 
 def read_jsonl(path: Path, *, classes: tuple[str, ...] = CLASSES, lenient: bool = False,
-               report: ReadReport | None = None) -> Iterator[Document]:
-    """One JSON object a line: ``{"id", "text", "lang"?, "entity_class"?, "spans"?}``."""
+               report: ReadReport | None = None, annotations: bool = True,
+               ) -> Iterator[Document]:
+    """One JSON object a line: ``{"id", "text", "lang"?, "entity_class"?, "spans"?}``;
+    ``annotations=False`` passes the spans by."""
     report = report if report is not None else ReadReport()
     seen: dict[tuple[str, str | None], int] = {}
     with open(path, encoding="utf-8", newline="") as handle:
@@ -280,7 +286,7 @@ def read_jsonl(path: Path, *, classes: tuple[str, ...] = CLASSES, lenient: bool 
                 continue
             seen[key] = lineno
             spans = []
-            for item in obj.get("spans", []):
+            for item in obj.get("spans", []) if annotations else ():
                 try:
                     start, end, label = int(item["start"]), int(item["end"]), item["label"]
                 except (KeyError, TypeError, ValueError) as exc:
@@ -343,7 +349,8 @@ def find_multiclinner(root: Path) -> list[tuple[Path, Path, str | None, str | No
 
 
 def read_multiclinner(root: Path, *, classes: tuple[str, ...] = CLASSES, lenient: bool = False,
-                      report: ReadReport | None = None, **options) -> Iterator[Document]:
+                      report: ReadReport | None = None, annotations: bool = True,
+                      **options) -> Iterator[Document]:
     """The release layout: per language and class, ``txt/`` with ``ann/`` or ``tsv/``.
 
     A tree of one language keeps the file names as document ids (as the task's TSV names
@@ -357,12 +364,13 @@ def read_multiclinner(root: Path, *, classes: tuple[str, ...] = CLASSES, lenient
         wanted = classes if cls is None else tuple(c for c in classes if c == cls)
         if cls is not None and not wanted:
             continue
-        if gold.suffix == ".tsv":
+        if gold.suffix == ".tsv" and annotations:
             docs = read_tsv_corpus(gold, txt, classes=wanted, lenient=lenient, report=report,
                                    **options)
         else:
             docs = read_brat(txt, ann_folder=gold if gold.is_dir() else txt, classes=wanted,
-                             lenient=lenient, report=report, **options)
+                             lenient=lenient, report=report, annotations=annotations,
+                             **options)
         for doc in docs:
             doc.lang, doc.entity_class = lang, cls
             if several and lang:
@@ -436,12 +444,18 @@ def corpus_layout(path: Path, texts: Path | None = None) -> str:
 
 def open_corpus(path: Path, *, texts: Path | None = None, lenient: bool = False,
                 report: ReadReport | None = None, classes: tuple[str, ...] = CLASSES,
-                label_map: dict[str, str] | None = None) -> Iterator[Document]:
+                label_map: dict[str, str] | None = None,
+                annotations: bool = True) -> Iterator[Document]:
     """Any supported corpus, by its layout (a `pipeline run` output: its predictions); a
-    TSV needs the folder of its texts."""
+    TSV needs the folder of its texts. ``annotations=False`` reads the documents only (what
+    a run needs): a broken annotation then stops nothing."""
     path = corpus_path(path)
     fmt = corpus_layout(path, texts)
     common = {"lenient": lenient, "report": report, "classes": classes}
+    if not annotations:
+        if fmt == "tsv":  # the texts are the documents
+            return read_brat(texts, annotations=False, **common)
+        common["annotations"] = False
     if fmt in ("brat", "txt"):
         return read_brat(path, label_map=label_map, **common)
     if fmt == "multiclinner":

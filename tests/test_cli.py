@@ -215,3 +215,29 @@ def test_ctrl_c_is_exit_130_not_success(tmp_path, monkeypatch, capsys):
 
     code, out, err = run_cli("evaluate", "--gold", gold, "--pred", gold, capsys=capsys)
     assert code == 130 and "interrupted" in err and out == ""
+
+
+def test_a_broken_annotation_file_stops_no_run_and_lenient_evaluation_names_it(
+        tmp_path, tiny_ensemble, capsys):
+    """`run` needs no annotations: a non-UTF-8 .ann beside good documents once ended it
+    with exit 2 after 4 documents; `evaluate --lenient` stopped on it too, and said nothing
+    when it did skip something."""
+    from tests.cli_inprocess import run_cli
+    from tests.test_pipeline import make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus", n=6, broken=False)
+    (corpus / "doc03.ann").write_bytes(b"T1\tDISEASE 0 4\tdiab\xe9tes\n")  # Latin-1
+    code, out, err = run_cli("run", "--ensemble", tiny_ensemble, "--input", corpus,
+                             "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache",
+                             capsys=capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["written"] == 6 and summary["failed"] == 0
+    code, out, err = run_cli("evaluate", "--gold", corpus, "--pred", tmp_path / "out",
+                             capsys=capsys)
+    assert code == 2 and f"{corpus / 'doc03.ann'}:1: not UTF-8" in err
+    code, out, err = run_cli("evaluate", "--gold", corpus, "--pred", tmp_path / "out",
+                             "--lenient", "--json", capsys=capsys)
+    assert code == 0, err
+    assert json.loads(out)["char_f1"]["n_gold"] == 5  # the five readable annotations
+    assert "1 bad annotations skipped" in err and f"skipped: {corpus / 'doc03.ann'}" in err

@@ -42,6 +42,16 @@ CacheDirOption = Annotated[Path | None, typer.Option(
     help="Character-probability and LLM-score cache (default: ENSEMBLE/cache).")]
 
 
+def say_read(source, report, shown: int = 20) -> None:
+    """What reading ``source`` found, on stderr: counts, and each item skipped or changed
+    (the first ``shown`` of them, then how many more), so nothing is dropped silently."""
+    typer.echo(f"{source}: {report.summary()}", err=True)
+    for line in report.skipped[:shown]:
+        typer.echo(f"skipped: {line}", err=True)
+    if len(report.skipped) > shown:
+        typer.echo(f"skipped: ... and {len(report.skipped) - shown} more", err=True)
+
+
 def progress_display():
     """The commands' progress bars (on stderr): what, bar, how many, rate, time."""
     from rich.console import Console

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
+from pipeline.cli.common import say_read
 from pipeline.errors import ReadReport
 from pipeline.readers import open_corpus
 from pipeline.writers import write_corpus
@@ -26,6 +27,4 @@ def convert_command(
     report = ReadReport()
     docs = open_corpus(input, texts=texts, lenient=lenient, report=report)
     write_corpus(docs, output, format)
-    typer.echo(f"{output}: {report.summary()}", err=True)
-    for line in report.skipped:
-        typer.echo(f"skipped: {line}", err=True)
+    say_read(input, report)

@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli import app
+from pipeline.cli.common import say_read
 from pipeline.corpus import load_spans
 from pipeline.documents import CLASSES, DEFAULT_LABEL_MAP
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, ReadReport
 from pipeline.metrics import evaluate
 
 
@@ -34,8 +35,12 @@ def evaluate_command(
             raise PipelineError(f"--entity {entity}: not a class; choose from "
                                 f"{', '.join(CLASSES)} (or a corpus label that maps to one)")
         entity = DEFAULT_LABEL_MAP[entity]
-    gold_spans, lang_of = load_spans(gold, lenient=lenient)
-    pred_spans, _ = load_spans(pred, lenient=lenient)
+    reports = {gold: ReadReport(), pred: ReadReport()}
+    gold_spans, lang_of = load_spans(gold, lenient=lenient, report=reports[gold])
+    pred_spans, _ = load_spans(pred, lenient=lenient, report=reports[pred])
+    for source, report in reports.items():
+        if report.skipped:  # under --lenient: what the figures leave out
+            say_read(source, report)
     gold_ids, pred_ids = {s.doc_id for s in gold_spans}, {s.doc_id for s in pred_spans}
     if gold_ids and pred_ids and not gold_ids & pred_ids:  # every span would count as wrong
         typer.secho(f"warning: no document of {pred} is in {gold} (gold ids like "

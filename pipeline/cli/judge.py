@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
-from pipeline.cli.common import CacheDirOption, EnsembleOption, InferenceConfigOption
+from pipeline.cli.common import CacheDirOption, EnsembleOption, InferenceConfigOption, say_read
 
 
 @app.command("train-judge")
@@ -82,7 +82,7 @@ def train_judge_command(
         report = ReadReport()
         train_docs = list(open_corpus(corpus, lenient=lenient, report=report,
                                       classes=tuple(ens.classes)))
-        typer.echo(f"{corpus}: {report.summary()}", err=True)
+        say_read(corpus, report)
         trained_on = corpus_data_hash(train_docs)
         if trained_on != ens.manifest.data_hash:
             raise PipelineError(
@@ -98,7 +98,7 @@ def train_judge_command(
         report = ReadReport()
         held = list(open_corpus(candidates_from, lenient=lenient, report=report,
                                 classes=tuple(ens.classes)))
-        typer.echo(f"{candidates_from}: {report.summary()}", err=True)
+        say_read(candidates_from, report)
         docs += held
         candidates += ensemble_candidates(held, ens, threshold=cfg.stage1_threshold,
                                           char_cache=cache)

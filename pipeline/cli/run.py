@@ -77,7 +77,7 @@ def run_command(
         warn_unfit(th, ens, scorer, str(thresholds) if thresholds else "thresholds")
         report = ReadReport()
         docs = open_corpus(input, texts=texts, lenient=True, report=report,
-                           classes=tuple(ens.classes))
+                           classes=tuple(ens.classes), annotations=False)
         total = sum(in_shard(stem_id(stem), share) for stem in brat_stems(input)) \
             if layout in ("brat", "txt") else None  # this shard's documents
         settings = {"ensemble": ens.identity, "inference": ens.output_settings,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
+from pipeline.cli.common import say_read
 from pipeline.documents import CLASSES
 
 
@@ -39,7 +40,7 @@ def train_command(
     wanted = tuple(c.strip() for c in classes.split(",") if c.strip())
     report = ReadReport()
     docs = list(open_corpus(corpus, lenient=lenient, report=report, classes=wanted))
-    typer.echo(f"{corpus}: {report.summary()}", err=True)
+    say_read(corpus, report)
 
     def show(name: str, what: str) -> None:
         typer.echo(f"[member] {name}: {what}", err=True)
