@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -54,19 +55,61 @@ def brat_ann(doc: Document) -> str:
                    for i, s in enumerate(sort_spans(doc.spans), start=1))
 
 
-def atomic_write(path: Path, content: str) -> None:
-    """Write ``content`` so that a crash leaves either the old file or the new one."""
+def temporary_name(path: Path) -> Path:
+    """The hidden name beside ``path`` that a file (or folder) is written under first."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[str]]:
+    """A text handle whose content replaces ``path`` when the block ends: a crash, a full
+    disk or bad input in the block leaves either the old file or none, and no temporary
+    file taking up what space is left. An error names ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"{path} is a folder; give the name of a file to write")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(content)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a full disk, say: leave no half file taking up what space is left
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
+            # "No space left on device" with no path, or the temporary one: name the file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
+
+
+def atomic_write(path: Path, content: str) -> None:
+    """Write ``content`` so that a crash leaves either the old file or the new one."""
+    with atomic_file(path) as handle:
+        handle.write(content)
+
+
+def check_writable(path: Path, *, folder: bool = False) -> None:
+    """Fail now, not after hours of work, where ``path`` (a file, or a ``folder`` to write
+    into) cannot be written: a file where a folder is meant or the reverse, a read-only
+    parent. Leaves nothing behind."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise PipelineError(f"{path} is a file; give the name of a folder to write into")
+    if not folder and path.is_dir():
+        raise PipelineError(f"{path} is a folder; give the name of a file to write")
+    where = path if folder else path.parent
+    while not where.exists():  # made when written: its nearest existing folder must take it
+        where = where.parent
+    if not where.is_dir():
+        raise PipelineError(f"{where} is a file; it cannot hold {path}")
+    probe = temporary_name(where / ".probe")
+    try:
+        probe.touch()
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(where)) from None
+    probe.unlink()
 
 
 LOCK_NAME = ".lock"
@@ -81,6 +124,9 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
     The operating system releases the lock when the process ends, however it ends, so a
     crash leaves nothing to clean up."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PipelineError(f"{folder} is a file; give the name of a folder to write into")
+    new = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     key = folder.resolve()
     if key in _HELD:
@@ -110,49 +156,73 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
             yield
         finally:
             _HELD.discard(key)
+            if new and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                path.unlink()  # a job refused before it wrote anything leaves no folder
+                folder.rmdir()
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def write_tsv(docs: Iterable[Document], path: Path) -> int:
     """The task TSV; returns the number of rows."""
     rows = 0
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+    with atomic_file(path) as handle:
         write_tsv_header(handle)
         for doc in docs:
             for row in tsv_rows(doc):
                 handle.write(row)
                 rows += 1
-    os.replace(tmp, path)
     return rows
 
 
 def write_jsonl(docs: Iterable[Document], path: Path) -> int:
     count = 0
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+    with atomic_file(path) as handle:
         for doc in docs:
             handle.write(jsonl_record(doc))
             count += 1
-    os.replace(tmp, path)
     return count
 
 
 def write_brat(docs: Iterable[Document], folder: Path, *, with_text: bool = True) -> int:
     """One ``.ann`` (and ``.txt``) a document; documents whose text belongs to one class
-    (MultiClinNER ships one text per class under the same name) go in a folder per class."""
+    (MultiClinNER ships one text per class under the same name) go in a folder per class.
+    The files are written in a hidden folder beside ``folder`` first and moved in once all
+    are: a failure part-way leaves ``folder`` as it was."""
     root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    count = 0
-    for doc in docs:
-        folder = root / doc.entity_class if doc.entity_class else root
-        folder.mkdir(exist_ok=True)
-        name = file_stem(doc.id)  # an id such as "en/case1" stays one file in the folder
-        if with_text:
-            atomic_write(folder / f"{name}.txt", doc.text)
-        atomic_write(folder / f"{name}.ann", brat_ann(doc))
-        count += 1
+    if root.exists() and not root.is_dir():
+        raise PipelineError(f"{root} is a file; brat output needs a folder")
+    stage = temporary_name(root)
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        stage.mkdir(parents=True)
+        count = 0
+        for doc in docs:
+            sub = Path(doc.entity_class) if doc.entity_class else Path()
+            (stage / sub).mkdir(exist_ok=True)
+            name = file_stem(doc.id)  # an id such as "en/case1" stays one file in the folder
+            if with_text:
+                (stage / sub / f"{name}.txt").write_text(doc.text, encoding="utf-8", newline="")
+            (stage / sub / f"{name}.ann").write_text(brat_ann(doc), encoding="utf-8",
+                                                     newline="")
+            count += 1
+        move_into(stage, root)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return count
+
+
+def move_into(stage: Path, root: Path) -> None:
+    """The files of folder ``stage`` into ``root`` (made if missing), each replacing its
+    namesake: one rename for a new folder, one a file for an existing one."""
+    if not root.exists():
+        os.replace(stage, root)
+        return
+    for path in sorted(stage.rglob("*")):
+        target = root / path.relative_to(stage)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+        else:
+            os.replace(path, target)
 
 
 def write_corpus(docs: Iterable[Document], path: Path, fmt: str) -> int:

@@ -84,8 +84,9 @@ def test_what_the_machine_refuses_is_one_line_without_traceback(tmp_path):
     (tmp_path / "c" / "a.ann").write_text("T1\tSINTOMA 0 6\tfiebre\n")
     out = pipeline("convert", "--input", str(tmp_path / "c"), "--output", "/dev/null/out",
                    "--format", "brat")
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert out.stderr.strip().splitlines() == ["error: [Errno 20] Not a directory: '/dev/null/out'"]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr  # a wrong name
+    assert out.stderr.strip().splitlines() == ["error: /dev/null is a file; it cannot hold "
+                                               "/dev/null/out"]
     with open("/dev/full", "w") as full:  # every write: "No space left on device"
         out = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", "--gold",
                               str(tmp_path / "c"), "--pred", str(tmp_path / "c"), "--json"],

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.errors import ErrorKind, is_document_fault, kind_of
+import pytest
+
+from pipeline.errors import ErrorKind, PipelineError, is_document_fault, kind_of
 from tests.cli_inprocess import run_cli
 from tests.fake_llm_server import FakeServer
 from tests.test_pipeline import make_corpus
@@ -83,3 +85,83 @@ def test_an_llm_outage_stops_the_run_and_the_rerun_finishes_it_identically(
     finally:
         healthy.close()
         flaky.close()
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files or folders of a writer under ``folder``."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*tmp*"))
+
+
+def test_a_write_that_fails_part_way_leaves_the_old_output_and_no_temporary_file(tmp_path):
+    from pipeline.documents import Document, Span
+    from pipeline.writers import write_brat, write_jsonl, write_tsv
+
+    good = Document("a", "fiebre alta", spans=[Span("a", "SYMPTOM", 0, 6)])
+    bad = Document("b", "tos", spans=[Span("b", "SYMPTOM", 2, 2)])  # empty: cannot be written
+
+    class Unreadable(Exception):
+        pass
+
+    def docs_then(error):
+        yield good
+        raise error
+
+    for write, name in ((write_tsv, "o.tsv"), (write_jsonl, "o.jsonl"), (write_brat, "brat")):
+        write([good], tmp_path / name)
+        before = {p: p.read_bytes() for p in sorted((tmp_path / name).rglob("*"))
+                  if p.is_file()} if name == "brat" else (tmp_path / name).read_bytes()
+        with pytest.raises((ValueError, Unreadable)):
+            write([good, bad] if write is write_tsv else docs_then(Unreadable()),
+                  tmp_path / name)
+        after = {p: p.read_bytes() for p in sorted((tmp_path / name).rglob("*"))
+                 if p.is_file()} if name == "brat" else (tmp_path / name).read_bytes()
+        assert after == before, name
+    assert leftovers(tmp_path) == []
+    with pytest.raises(PipelineError, match="is a folder; give the name of a file"):
+        write_tsv([good], tmp_path / "brat")
+    assert leftovers(tmp_path) == []
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(
+        tmp_path, tiny_ensemble, capsys):
+    corpus = make_corpus(tmp_path / "corpus", n=4, broken=False)
+    (corpus / "doc03.ann").write_text("T1\tDISEASE 0 400\tx\n")  # the last document is bad
+    code, _, err = run_cli("convert", "--input", corpus, "--output", tmp_path / "o.tsv",
+                           capsys=capsys)
+    assert code == 2 and "doc03.ann:1" in err
+    code, _, err = run_cli("convert", "--input", corpus, "--output", tmp_path / "brat",
+                           "--format", "brat", capsys=capsys)
+    assert code == 2 and "doc03.ann:1" in err
+    assert leftovers(tmp_path) == [] and not (tmp_path / "o.tsv").exists()
+    assert not (tmp_path / "brat").exists()  # no partial folder
+    (tmp_path / "folder").mkdir()
+    code, _, err = run_cli("convert", "--input", corpus, "--output", tmp_path / "folder",
+                           "--lenient", capsys=capsys)
+    assert code == 2 and f"{tmp_path / 'folder'} is a folder; give the name of a file" in err
+    common = ("--ensemble", tiny_ensemble, "--gold", corpus, "--cache-dir", tmp_path / "cache")
+    code, _, err = run_cli("tune", *common, "--out", tmp_path / "folder", capsys=capsys)
+    assert code == 2 and "is a folder; give the name of a file" in err
+    assert "tuning on" not in err  # refused before any work
+    (tmp_path / "file").write_text("")
+    (tmp_path / "th.json").write_text("{}")
+    code, _, err = run_cli("ablate", *common, "--out", tmp_path / "file", "--thresholds",
+                           tmp_path / "th.json", capsys=capsys)
+    assert code == 2 and "is a file; give the name of a folder" in err
+    code, _, err = run_cli("run", "--ensemble", tiny_ensemble, "--input", corpus,
+                           "--output", tmp_path / "file", capsys=capsys)
+    assert code == 2 and "is a file; give the name of a folder" in err
+    (tmp_path / "no-ensemble").mkdir()  # a run refused inside its lock leaves no folder
+    code, _, err = run_cli("run", "--ensemble", tmp_path / "no-ensemble", "--input", corpus,
+                           "--output", tmp_path / "new", capsys=capsys)
+    assert code == 2 and "no ensemble manifest" in err and not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs a read-only /sys (Linux)")
+def test_tune_into_a_read_only_folder_is_refused_before_tuning(tmp_path, tiny_ensemble, capsys):
+    corpus = make_corpus(tmp_path / "corpus", n=4, broken=False)
+    code, _, err = run_cli("tune", "--ensemble", tiny_ensemble, "--gold", corpus,
+                           "--cache-dir", tmp_path / "cache", "--out", "/sys/thresholds.json",
+                           capsys=capsys)
+    if code == 0:
+        pytest.skip("/sys is writable here")
+    assert code == 1 and "tuning on" not in err and "error: " in err and "/sys" in err

@@ -11,7 +11,7 @@ from pipeline.cli import app
 from pipeline.cli.common import say_read
 from pipeline.errors import ReadReport
 from pipeline.readers import open_corpus
-from pipeline.writers import write_corpus
+from pipeline.writers import check_writable, write_corpus
 
 
 @app.command("convert")
@@ -24,6 +24,7 @@ def convert_command(
     lenient: Annotated[bool, typer.Option(help="Skip and count bad annotations.")] = False,
 ) -> None:
     """Convert a corpus to another format, checking every span against its text."""
+    check_writable(output, folder=format == "brat")  # before reading a large corpus
     report = ReadReport()
     docs = open_corpus(input, texts=texts, lenient=lenient, report=report)
     write_corpus(docs, output, format)

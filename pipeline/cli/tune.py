@@ -27,7 +27,7 @@ from pipeline.cli.common import (
     progress_display,
 )
 from pipeline.errors import PipelineError
-from pipeline.writers import atomic_write
+from pipeline.writers import atomic_write, check_writable
 
 Subset = Annotated[str, typer.Option(help="i/n: use only this share of the gold documents, "
                                           "split by document group as the folds are, so that "
@@ -98,6 +98,7 @@ def tune_command(
     settings = checked_settings(llm, llm_backend, llm_url, llm_config, llm_template,
                                 max_context_tokens, llm_lora)
     check_gold(gold, subset)
+    check_writable(out)  # before hours of tuning, not after
     ens = load_ensemble(ensemble, inference_config)
     docs = gold_documents(gold, subset, ens.classes)  # before the (slow) LLM loads
     cache = cache_dir or ensemble / "cache"
@@ -109,7 +110,6 @@ def tune_command(
                                                     err=True))
     results = {cls: tune_class(s, objective=objective, with_llm=scorer is not None,
                                route_tolerance=route_tolerance) for cls, s in sets.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
     tuned = thresholds_from(results, objective, ensemble=ens.identity,
                             llm=scorer.identity if scorer is not None else None)
     atomic_write(out, tuned.model_dump_json(indent=2))  # hours of tuning: never half a file
@@ -169,6 +169,7 @@ def ablate_command(
     settings = checked_settings(llms[0] if llms else None, llm_backend, llm_url, llm_config,
                                 llm_template, max_context_tokens, llm_lora)
     check_gold(gold, subset)
+    check_writable(out, folder=True)
     ens = load_ensemble(ensemble, inference_config)
     docs = gold_documents(gold, subset, ens.classes)
     cache = cache_dir or ensemble / "cache"
@@ -188,9 +189,9 @@ def ablate_command(
     with progress_display() as progress:  # each LLM's bar as it loads
         report = ablate(docs, ens, judges, tuned[0], char_cache=cc, curves=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(report, indent=2))
+    atomic_write(out / "ablation.json", json.dumps(report, indent=2))
     text = markdown(report)
-    (out / "ablation.md").write_text(text)
+    atomic_write(out / "ablation.md", text)
     plot(report, out / "pr.png")
     typer.echo(text)
 
