@@ -22,6 +22,18 @@ DEFAULT_LABEL_MAP: dict[str, str] = {
 }
 
 
+def class_named(name: str, option: str) -> str:
+    """The class that ``name`` (given as ``option``) stands for: a class, or a corpus label
+    that maps to one; anything else is refused in one line that says what would do."""
+    from pipeline.errors import PipelineError
+
+    if name in DEFAULT_LABEL_MAP:
+        return DEFAULT_LABEL_MAP[name]
+    hint = f" (did you mean {name.upper()}?)" if name.upper() in DEFAULT_LABEL_MAP else ""
+    raise PipelineError(f"{option} {name}: not a class{hint}; choose from {', '.join(CLASSES)} "
+                        "(or a corpus label that maps to one)")
+
+
 @dataclass(frozen=True, slots=True)
 class Span:
     """A mention: ``text[start:end]`` of document ``doc_id``, with optional stage scores."""

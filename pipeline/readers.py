@@ -259,25 +259,32 @@ def read_tsv_corpus(tsv: Path, texts: Path, *, lenient: bool = False,
 
 def read_jsonl(path: Path, *, classes: tuple[str, ...] = CLASSES, lenient: bool = False,
                report: ReadReport | None = None, annotations: bool = True,
-               ) -> Iterator[Document]:
+               label_map: dict[str, str] | None = None) -> Iterator[Document]:
     """One JSON object a line: ``{"id", "text", "lang"?, "entity_class"?, "spans"?}``;
-    ``annotations=False`` passes the spans by."""
+    labels (and ``entity_class``) go through the label map; ``annotations=False`` passes
+    the spans by."""
     report = report if report is not None else ReadReport()
+    label_map = DEFAULT_LABEL_MAP if label_map is None else label_map
     seen: dict[tuple[str, str | None], int] = {}
     with open(path, encoding="utf-8", newline="") as handle:
         for lineno, line in enumerate(_utf8_lines(path, handle), start=1):
+            if lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+                report.bom_stripped.append(str(path))
             if not line.strip():
                 continue
-            obj, problem = _document_object(line)
+            obj, problem = _document_object(line, label_map, classes)
             if problem is not None:  # an unusable document: stop, or skip it and say so
                 error = CorpusError(path, f"not a document object ({problem})", lineno)
                 report.skip(error, lenient)
-                has_id = isinstance(obj, dict) and "id" in obj
+                has_id = isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)) \
+                    and str(obj["id"])
                 report.failed_documents.append(
                     (str(obj["id"]) if has_id else f"{Path(path).name}:{lineno}", error.reason))
                 continue
             doc_id, text = str(obj["id"]), obj["text"]
-            key = (doc_id, obj.get("entity_class"))
+            entity_class = label_map.get(obj.get("entity_class"), obj.get("entity_class"))
+            key = (doc_id, entity_class)
             if key in seen:
                 error = CorpusError(path, f"duplicate document id {doc_id!r} (first on line "
                                           f"{seen[key]})", lineno)
@@ -286,27 +293,33 @@ def read_jsonl(path: Path, *, classes: tuple[str, ...] = CLASSES, lenient: bool 
                 continue
             seen[key] = lineno
             spans = []
-            for item in obj.get("spans", []) if annotations else ():
+            for item in obj.get("spans") or () if annotations else ():
                 try:
                     start, end, label = int(item["start"]), int(item["end"]), item["label"]
-                except (KeyError, TypeError, ValueError) as exc:
+                    mention = item.get("text")
+                    if not isinstance(label, str) or not isinstance(mention, (str, type(None))):
+                        raise TypeError("'label' and 'text' must be strings")
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
                     report.skip(CorpusError(path, f"span {item!r} needs integer 'start' and "
-                                                  f"'end' and a 'label' ({exc!r})", lineno),
-                                lenient)
+                                                  f"'end', a 'label' and, if any, a string "
+                                                  f"'text' ({exc})", lineno), lenient)
                     continue
-                error = check_span(Path(path), lineno, text, start, end, item.get("text"))
+                error = check_span(Path(path), lineno, text, start, end, mention)
                 if error is not None:
                     report.skip(error, lenient)
-                elif label in classes:
+                    continue
+                label = _map_label(label, label_map, classes, report)
+                if label is not None:
                     spans.append(Span(doc_id, label, start, end,
                                       item.get("stage1_score"), item.get("stage2_score")))
             report.documents += 1
             report.spans += len(spans)
-            yield Document(doc_id, text, lang=obj.get("lang"),
-                           entity_class=obj.get("entity_class"), spans=spans, source=str(path))
+            yield Document(doc_id, text, lang=obj.get("lang"), entity_class=entity_class,
+                           spans=spans, source=str(path))
 
 
-def _document_object(line: str) -> tuple[object, str | None]:
+def _document_object(line: str, label_map: dict[str, str],
+                     classes: tuple[str, ...]) -> tuple[object, str | None]:
     """A JSONL line's object, and what makes it unusable as a document (None if nothing)."""
     try:
         obj = json.loads(line)
@@ -314,12 +327,24 @@ def _document_object(line: str) -> tuple[object, str | None]:
         return None, f"not JSON: {exc}"
     if not isinstance(obj, dict) or "id" not in obj or "text" not in obj:
         return obj, "needs 'id' and 'text'"
+    if not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool) or \
+            not str(obj["id"]).strip():
+        return obj, f"'id' must be a non-empty string, not {obj['id']!r}"
     if not isinstance(obj["text"], str):
         return obj, "'text' must be a string"
     for key in ("id", "text"):
         problem = text_problem(obj[key]) if isinstance(obj[key], str) else None
         if problem:
             return obj, f"its {key!r} {problem}"
+    if not isinstance(obj.get("lang"), (str, type(None))):
+        return obj, f"'lang' must be a string, not {obj['lang']!r}"
+    if not isinstance(obj.get("spans"), (list, type(None))):
+        return obj, f"'spans' must be a list, not {obj['spans']!r}"
+    cls, known = obj.get("entity_class"), (*classes, *(c for c in CLASSES if c not in classes))
+    if cls is not None and (not isinstance(cls, str) or label_map.get(cls, cls) not in known):
+        hint = f" (did you mean {cls.upper()}?)" if isinstance(cls, str) and \
+            label_map.get(cls.upper(), cls.upper()) in known else ""
+        return obj, f"'entity_class' {cls!r} is not a class ({', '.join(known)}){hint}"
     return obj, None
 
 
@@ -463,5 +488,5 @@ def open_corpus(path: Path, *, texts: Path | None = None, lenient: bool = False,
     if fmt == "brat-classes":
         return read_class_folders(path, label_map=label_map, **common)
     if fmt == "jsonl":
-        return read_jsonl(path, **common)
+        return read_jsonl(path, label_map=label_map, **common)
     return read_tsv_corpus(path, texts, label_map=label_map, **common)

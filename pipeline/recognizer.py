@@ -146,6 +146,7 @@ class Recognizer:
                 Thresholds.uniform(stage1_threshold, stage2_threshold)
         resolve_backend(llm, backend, urls)  # before the slow loads
         ens = load_ensemble(Path(ensemble), Path(inference_config) if inference_config else None)
+        thresholds.check_classes(ens.classes)
         cache = Path(cache_dir) if cache_dir is not None else None
         scorer = load_llm(llm, backend, urls, cache, **llm_options)
         warn_unfit(thresholds, ens, scorer)

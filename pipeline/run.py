@@ -70,12 +70,16 @@ def parse_shard(shard: str, option: str = "--shard") -> tuple[int, int]:
         i, n = (int(x) for x in shard.split("/"))
     except ValueError:
         raise PipelineError(f"{option} must look like 0/4, not {shard!r}") from None
+    if n < 1:
+        raise PipelineError(f"{option} {shard}: the number of parts must be at least 1")
     if not 0 <= i < n:
         raise PipelineError(f"{option} {shard}: the index must be in 0..{n - 1}")
     return i, n
 
 
 def check_formats(formats: Sequence[str]) -> None:
+    if not formats:
+        raise PipelineError(f"no output format given; choose from {FORMATS}")
     for fmt in formats:
         if fmt not in FORMATS:
             raise PipelineError(f"unknown output format {fmt!r}; choose from {FORMATS}")
@@ -229,8 +233,10 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
         return summary
 
 
-# Settings that decide what a run writes; shards merged together must agree on them.
-OUTPUT_SETTINGS = ("ensemble", "llm", "thresholds")
+# Recorded settings that shards merged together may differ in: their share, the formats
+# they assembled, how many documents went in a part. Everything else (the input, the
+# ensemble, the LLM, the thresholds, ...) they must share.
+SHARD_SETTINGS = ("shard", "chunk_size", *ASSEMBLY_SETTINGS)
 
 
 def merge_shards(out: Path, folders: Sequence[Path], formats: Sequence[str]) -> dict:
@@ -252,10 +258,16 @@ def merge_shards(out: Path, folders: Sequence[Path], formats: Sequence[str]) -> 
         runs.append(json.loads((folder / "run.json").read_text(encoding="utf-8")))
         summaries.append(json.loads((folder / "summary.json").read_text(encoding="utf-8")))
     for folder, run in zip(folders[1:], runs[1:]):
-        changed = [k for k in OUTPUT_SETTINGS if run.get(k) != runs[0].get(k)]
+        changed = sorted(k for k in run.keys() | runs[0].keys()
+                         if k not in SHARD_SETTINGS and run.get(k) != runs[0].get(k))
         if changed:
             raise PipelineError(f"{folder} was run with other {', '.join(changed)} than "
                                 f"{folders[0]}; shards to merge must share them")
+    target = Path(out).resolve()
+    for folder in map(Path, folders):
+        if target == folder.resolve() or folder.resolve() in target.parents:
+            raise PipelineError(f"{out} is {'inside ' if target != folder.resolve() else ''}"
+                                f"the shard folder {folder}; merge into a folder of its own")
     shards = [parse_shard(run.get("shard", "0/1")) for run in runs]
     counts = {n for _, n in shards}
     if len(counts) != 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,11 +17,24 @@ class ClassThresholds(BaseModel):
     route: float | None = Field(None, ge=0.0, le=1.0)  # stage-1 score that skips the LLM
 
 
+class TunedFor(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ensemble: str | None = None
+    llm: str | None = None
+
+
 class Thresholds(BaseModel):
-    model_config = ConfigDict(extra="allow")  # tune adds the figures it reached
+    """A misspelt key is refused (it would leave the defaults to apply unseen)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     default: ClassThresholds = ClassThresholds()
     classes: dict[str, ClassThresholds] = Field(default_factory=dict)
+    # written by tune: what it optimised, the figures it reached, what it tuned for
+    objective: str | None = None
+    figures: dict[str, Any] | None = None
+    tuned_for: TunedFor | None = None
 
     def of(self, cls: str) -> ClassThresholds:
         return self.classes.get(cls, self.default)
@@ -29,17 +43,32 @@ class Thresholds(BaseModel):
         """Why these thresholds may not suit the ensemble of ``classes`` and identity
         ``ensemble`` with the LLM scorer ``llm`` (None: no LLM); empty if nothing does."""
         problems = []
+        other = [c for c in self.classes if c not in classes]
+        if other:
+            problems.append(f"thresholds for {', '.join(other)}, which this ensemble does not "
+                            f"recognise (its classes: {', '.join(classes)})")
         lacking = [c for c in classes if c not in self.classes]
         if self.classes and lacking:
             problems.append(f"no thresholds for {', '.join(lacking)}: the default (stage 1 "
                             f"{self.default.stage1}, stage 2 {self.default.stage2}) applies")
-        tuned = (self.model_extra or {}).get("tuned_for") or {}
-        if tuned.get("ensemble") not in (None, ensemble):
-            problems.append(f"tuned for ensemble {tuned['ensemble']}, used with {ensemble}")
-        if tuned and tuned.get("llm") != llm:
-            problems.append(f"tuned with LLM {tuned.get('llm') or 'none'}, used with "
-                            f"{llm or 'none'}")
+        tuned = self.tuned_for
+        if tuned is not None and tuned.ensemble not in (None, ensemble):
+            problems.append(f"tuned for ensemble {tuned.ensemble}, used with {ensemble}")
+        if tuned is not None and tuned.llm != llm:
+            problems.append(f"tuned with LLM {tuned.llm or 'none'}, used with {llm or 'none'}")
         return problems
+
+    def check_classes(self, classes: Sequence[str], source: str = "thresholds") -> None:
+        """Refuse a class name that is no class at all (``DISEASES``): its thresholds would
+        never apply, and the default would, unseen. One of the task's classes that this
+        ensemble lacks is only warned about (``unfit``)."""
+        from pipeline.documents import CLASSES
+        from pipeline.errors import PipelineError
+
+        unknown = [c for c in self.classes if c not in classes and c not in CLASSES]
+        if unknown:
+            raise PipelineError(f"{source}: {', '.join(map(repr, unknown))} is not a class; "
+                                f"the classes are {', '.join(dict.fromkeys([*classes, *CLASSES]))}")
 
     @classmethod
     def load(cls, path: Path) -> Thresholds:

@@ -32,6 +32,22 @@ VALIDATION_THRESHOLD = 0.5
 VALIDATION_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
 
 
+def group_pattern_option(pattern: str | None) -> str:
+    """``--group-pattern`` checked: a regular expression with a group (the default: none
+    given); a bad one is refused in one line."""
+    if pattern is None:
+        return DEFAULT_GROUP_PATTERN
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as exc:
+        raise PipelineError(f"--group-pattern {pattern!r}: not a regular expression ({exc})"
+                            ) from None
+    if groups < 1:
+        raise PipelineError(f"--group-pattern {pattern!r}: needs a group, (...), that "
+                            "captures the part of a document id its translations share")
+    return pattern
+
+
 def document_group(doc_id: str, pattern: str = DEFAULT_GROUP_PATTERN) -> str:
     match = re.match(pattern, doc_id)
     return match.group(1) if match and match.groups() else doc_id

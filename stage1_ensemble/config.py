@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -50,6 +50,24 @@ class InferenceConfig(Windowed):
 
     batch_size: int = Field(32, ge=1)  # windows per forward pass
     device: str | None = None  # None: cuda where available, else cpu
+
+    @field_validator("device")
+    @classmethod
+    def _device_here(cls, device: str | None) -> str | None:
+        """A device torch knows and this machine has (not, hours later, at the first
+        batch)."""
+        if device is None:
+            return None
+        import torch
+
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"{device!r} is not a torch device ({exc}); e.g. cpu, cuda, "
+                             "cuda:1") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{device!r}: this machine has no CUDA device (use cpu)")
+        return device
     bf16: bool | None = None  # None: bf16 on cuda
     # torch.compile the encoder (fuses its elementwise work; the first batches pay the
     # compilation). Batch widths are then rounded up to a multiple of width_multiple so

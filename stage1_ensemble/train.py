@@ -16,7 +16,9 @@ from transformers import (
     AutoConfig,
     AutoTokenizer,
     DataCollatorForTokenClassification,
+    PrinterCallback,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
 )
 
@@ -93,6 +95,15 @@ def load_encoder(encoder: str | Path, config: TrainConfig | None = None):
     return model, tokenizer
 
 
+class LogToLogger(TrainerCallback):
+    """The Trainer's loss and metrics, to this module's logger (stderr), not stdout."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in (logs or {}).items())
+        logger.info("step %d/%d: %s", state.global_step, state.max_steps, shown)
+
+
 def train_member(texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]], *,
                  encoder: str | Path, out_dir: Path, config: TrainConfig | None = None,
                  model=None, tokenizer=None, show_progress: bool = False) -> Path:
@@ -113,7 +124,9 @@ def train_member(texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]
         seed=config.seed, save_strategy="no", report_to=[], logging_steps=config.logging_steps,
         disable_tqdm=not show_progress, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
     trainer = Trainer(model=model, args=args, train_dataset=windows,
-                      data_collator=DataCollatorForTokenClassification(tokenizer))
+                      data_collator=DataCollatorForTokenClassification(tokenizer),
+                      callbacks=[LogToLogger()])
+    trainer.remove_callback(PrinterCallback)  # it prints the metrics dicts on stdout
     trainer.train()
     final = out_dir / "model"
     with hf_quiet():

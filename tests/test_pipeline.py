@@ -202,6 +202,8 @@ def test_shards_together_equal_one_run(tmp_path, tiny_ensemble):
 
     # what cannot be merged is refused, naming the problem
     run(tmp_path, tiny_ensemble, out="other", shard=(2, 3), th=Thresholds.uniform(0.7))
+    run(tmp_path, tiny_ensemble, out="elsewhere", shard=(2, 3),
+        extra_settings={"input": str(tmp_path / "another-corpus")})
     shutil.copytree(shards[1], tmp_path / "unfinished")
     (tmp_path / "unfinished" / "summary.json").unlink()
     for folders, problem in (
@@ -210,10 +212,16 @@ def test_shards_together_equal_one_run(tmp_path, tiny_ensemble):
             ([shards[0], tmp_path / "full"], "split the corpus in different ways"),
             (shards[:2] + [tmp_path / "other"], "other thresholds"),
             ([shards[0], tmp_path / "unfinished", shards[2]], "that run has not finished"),
-            ([shards[0], tmp_path / "corpus"], "not the output of `pipeline run`")):
+            ([shards[0], tmp_path / "corpus"], "not the output of `pipeline run`"),
+            (shards[:2] + [tmp_path / "elsewhere"], "other input")):
         with pytest.raises(PipelineError, match=problem):
             merge_shards(tmp_path / "refused", folders, ["tsv"])
     assert not (tmp_path / "refused").exists()
+    # a merge into one of its shards would later be merged again, its spans twice
+    for out, where in ((shards[0], "is the shard folder"), (shards[1] / "m", "is inside")):
+        with pytest.raises(PipelineError, match=where):
+            merge_shards(out, shards, ["tsv"])
+    assert not (shards[1] / "m").exists()
 
 
 HOLD = """import sys, time

@@ -163,3 +163,28 @@ def test_an_engine_that_dies_is_the_service_failing_not_the_prompt():
     backend.llm = Engine(ValueError("prompt too long"))  # the prompt's fault: as it was
     with pytest.raises(ValueError, match="prompt too long"):
         backend.score_prompts([PromptIds((1, 2), (3,))], 4, 5)
+
+
+def test_the_readme_recognizer_example_runs_as_a_script(tmp_path, tiny_ensemble, tiny_llm):
+    """Saved as a file and run, as users do: vLLM's engine process re-imports the main
+    module, which the example's guard allows. Its paths point at tiny models here."""
+    import re
+
+    from pipeline.thresholds import Thresholds
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+               if "Recognizer.load" in block]
+    (tmp_path / "th.json").write_text(Thresholds.uniform(0.3, 0.5).model_dump_json())
+    for demo, here in (("runs/demo/ensemble", tiny_ensemble), ("runs/demo/smollm2", tiny_llm),
+                       ("runs/demo/thresholds.json", tmp_path / "th.json"),
+                       ("runs/demo/cache", tmp_path / "cache")):
+        assert f'"{demo}"' in code
+        code = code.replace(f'"{demo}"', repr(str(here)))
+    code = code.replace("Recognizer.load(", "Recognizer.load(dtype='float32', ", 1)
+    (tmp_path / "example.py").write_text(code)
+    env = dict(os.environ, VLLM_CPU_NUM_OF_RESERVED_CPU="0", HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, str(tmp_path / "example.py")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr

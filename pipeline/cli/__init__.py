@@ -17,6 +17,51 @@ from pipeline.errors import EXIT_CODES, ErrorKind, kind_of, message
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Two-stage clinical NER: DISEASE, SYMPTOM and PROCEDURE spans.")
 
+# Libraries whose INFO lines would bury the results: WARNING and above unless --verbose.
+CHATTY = ("vllm", "transformers", "datasets", "torch", "peft", "accelerate", "urllib3",
+          "filelock", "httpx")
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Third-party logs at WARNING (all of them with ``verbose``), on stderr: stdout carries
+    only results. vLLM configures its own logging, from the environment, when imported (and
+    in its engine process), so it is told there."""
+    import os
+
+    level = logging.DEBUG if verbose else logging.WARNING
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", logging.getLevelName(level))
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(level)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("clinner-2stage")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown (not installed)"
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"pipeline {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Show the libraries' log lines (vLLM, transformers, ...) "
+                                      "too, not only warnings."),
+    show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                      help="Print the version and exit."),
+) -> None:
+    """Two-stage clinical NER: DISEASE, SYMPTOM and PROCEDURE spans."""
+    quiet_libraries(verbose)
+
 
 def _register() -> None:
     from pipeline.cli import convert, evaluate  # noqa: F401  (each module adds its command)

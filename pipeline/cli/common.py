@@ -3,6 +3,9 @@ pipeline.recognizer)."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,8 +55,15 @@ def say_read(source, report, shown: int = 20) -> None:
         typer.echo(f"skipped: ... and {len(report.skipped) - shown} more", err=True)
 
 
+# Seconds between progress lines where stderr is no terminal (a log file, a batch job).
+PROGRESS_EVERY = float(os.environ.get("PIPELINE_PROGRESS_SECONDS", "30"))
+
+
 def progress_display():
-    """The commands' progress bars (on stderr): what, bar, how many, rate, time."""
+    """The commands' progress (on stderr): bars on a terminal (what, bar, how many, rate,
+    time); elsewhere a line per task every ``PROGRESS_EVERY`` seconds and at the end."""
+    if not sys.stderr.isatty():
+        return LineProgress(PROGRESS_EVERY)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -61,6 +71,41 @@ def progress_display():
                     TextColumn("{task.completed} {task.fields[unit]}"),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=Console(stderr=True))
+
+
+class LineProgress:
+    """rich's ``Progress`` as plain lines, for logs: the calls the commands make."""
+
+    def __init__(self, every: float) -> None:
+        self.every, self.tasks = every, []
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            for task in range(len(self.tasks)):
+                self._say(task)
+
+    def add_task(self, description: str, total=None, **fields) -> int:
+        self.tasks.append({"description": description, "total": total, "completed": 0,
+                           "start": time.monotonic(), "said": time.monotonic(), **fields})
+        return len(self.tasks) - 1
+
+    def update(self, task: int, advance: float = 0, completed=None, **fields) -> None:
+        t = self.tasks[task]
+        t.update(fields)
+        t["completed"] = (t["completed"] if completed is None else completed) + advance
+        if time.monotonic() - t["said"] >= self.every:
+            self._say(task)
+
+    def _say(self, task: int) -> None:
+        t = self.tasks[task]
+        t["said"] = time.monotonic()
+        of = f"/{t['total']}" if t["total"] else ""
+        rate = f", {t['rate']}" if t.get("rate") else ""
+        typer.echo(f"{t['description']}: {t['completed']}{of} {t.get('unit', '')}{rate}, "
+                   f"{t['said'] - t['start']:.0f} s", err=True)
 
 
 def follow_llm(progress, scorer) -> None:

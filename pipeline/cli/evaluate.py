@@ -13,8 +13,8 @@ from rich.table import Table
 from pipeline.cli import app
 from pipeline.cli.common import say_read
 from pipeline.corpus import load_spans
-from pipeline.documents import CLASSES, DEFAULT_LABEL_MAP
-from pipeline.errors import PipelineError, ReadReport
+from pipeline.documents import class_named
+from pipeline.errors import ReadReport
 from pipeline.metrics import evaluate
 
 
@@ -30,11 +30,8 @@ def evaluate_command(
     lenient: Annotated[bool, typer.Option(help="Skip and count bad annotations.")] = False,
 ) -> None:
     """Strict and character-overlap P/R/F1 with counts, per class, per language and pooled."""
-    if entity is not None:
-        if entity not in DEFAULT_LABEL_MAP:  # the readers keep these classes only
-            raise PipelineError(f"--entity {entity}: not a class; choose from "
-                                f"{', '.join(CLASSES)} (or a corpus label that maps to one)")
-        entity = DEFAULT_LABEL_MAP[entity]
+    if entity is not None:  # the readers keep these classes only
+        entity = class_named(entity, "--entity")
     reports = {gold: ReadReport(), pred: ReadReport()}
     gold_spans, lang_of = load_spans(gold, lenient=lenient, report=reports[gold])
     pred_spans, _ = load_spans(pred, lenient=lenient, report=reports[pred])

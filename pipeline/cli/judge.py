@@ -56,7 +56,7 @@ def train_judge_command(
     )
     from pipeline.readers import corpus_layout, open_corpus
     from pipeline.recognizer import char_cache, load_ensemble
-    from pipeline.training import DEFAULT_GROUP_PATTERN, corpus_data_hash
+    from pipeline.training import corpus_data_hash, group_pattern_option
     from stage1_ensemble.config import load_config
     from stage2_rerank.training import JudgeConfig, check_causal_lm
 
@@ -67,7 +67,7 @@ def train_judge_command(
     updates = {k: v for k, v in (("max_steps", max_steps), ("template", template),
                                  ("max_context_tokens", max_context_tokens)) if v is not None}
     cfg = JudgeConfig.model_validate({**cfg.model_dump(), **updates})
-    pattern = group_pattern or DEFAULT_GROUP_PATTERN
+    pattern = group_pattern_option(group_pattern)
     for source in (corpus, candidates_from):  # before any model loads: fail fast
         if source is not None:
             corpus_layout(source)

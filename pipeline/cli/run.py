@@ -72,6 +72,7 @@ def run_command(
                                                                            stage2_threshold)
     with folder_lock(output, "pipeline run"):  # before the slow loads: a second one stops now
         ens = load_ensemble(ensemble, inference_config)
+        th.check_classes(ens.classes, str(thresholds))  # before the LLM loads
         cache = cache_dir or ensemble / "cache"
         scorer = load_llm(llm, llm_backend, llm_url, cache, settings)
         warn_unfit(th, ens, scorer, str(thresholds) if thresholds else "thresholds")
@@ -99,6 +100,8 @@ def run_command(
                                    settings=settings, formats=formats, shard=share,
                                    chunk_size=chunk_size, char_cache=char_cache(cache, ens),
                                    on_chunk=on_chunk, unreadable=report.failed_documents)
+            # the unreadable documents, accounted for at the end: the bar ends full
+            progress.update(task, completed=summary.written + summary.empty + len(summary.failed))
         s = summary.as_dict()
         typer.echo(f"{output}: {s['written']} documents written, {s['empty']} empty, "
                    f"{s['failed']} failed; {s['candidates']} candidates, {s['llm_calls']} LLM calls, "

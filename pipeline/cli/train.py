@@ -9,7 +9,8 @@ import typer
 
 from pipeline.cli import app
 from pipeline.cli.common import say_read
-from pipeline.documents import CLASSES
+from pipeline.documents import CLASSES, class_named
+from pipeline.errors import PipelineError
 
 
 @app.command("train")
@@ -31,13 +32,17 @@ def train_command(
     Finished members are kept, so the same command resumes after a crash."""
     from pipeline.errors import ReadReport
     from pipeline.readers import open_corpus
-    from pipeline.training import DEFAULT_GROUP_PATTERN, train_ensemble
+    from pipeline.training import group_pattern_option, train_ensemble
     from stage1_ensemble.config import TrainConfig, load_config
 
+    pattern = group_pattern_option(group_pattern)
     cfg = load_config(config) if config else TrainConfig()
     if max_steps is not None:
         cfg = cfg.model_copy(update={"max_steps": max_steps})
-    wanted = tuple(c.strip() for c in classes.split(",") if c.strip())
+    wanted = tuple(dict.fromkeys(class_named(c.strip(), "--classes")
+                                 for c in classes.split(",") if c.strip()))
+    if not wanted:
+        raise PipelineError(f"--classes {classes!r} names no class")
     report = ReadReport()
     docs = list(open_corpus(corpus, lenient=lenient, report=report, classes=wanted))
     say_read(corpus, report)
@@ -46,7 +51,7 @@ def train_command(
         typer.echo(f"[member] {name}: {what}", err=True)
 
     manifest = train_ensemble(docs, out=out, encoders=encoder, classes=wanted, n_folds=folds,
-                              config=cfg, group_pattern=group_pattern or DEFAULT_GROUP_PATTERN,
+                              config=cfg, group_pattern=pattern,
                               on_member=show)
     for m in manifest.members:
         typer.echo(f"{m.name}: validation {m.validation or '(no held-out fold)'}")

@@ -171,6 +171,8 @@ def ablate_command(
     check_gold(gold, subset)
     check_writable(out, folder=True)
     ens = load_ensemble(ensemble, inference_config)
+    for th, source in zip(tuned, thresholds):
+        th.check_classes(ens.classes, str(source))
     docs = gold_documents(gold, subset, ens.classes)
     cache = cache_dir or ensemble / "cache"
     names = judge_names(llms)
