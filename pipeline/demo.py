@@ -133,9 +133,15 @@ def main() -> None:
 
     step(f"4. pipeline run, re-ranked by the judge, on the other {len(test_docs)} dev "
          "documents")
-    settings = {"ensemble": ensemble.identity, "inference": ensemble.output_settings,
-                "llm": scorer.identity,
-                "thresholds": tuned.model_dump(), "demo": True}
+    from pipeline.settings import RunConfig, run_record
+
+    config = RunConfig(ensemble={"path": out / "ensemble", "cache_dir": out / "cache"},
+                       llm={"model": out / "judge", "backend": backend,
+                            "max_context_tokens": judge_config.max_context_tokens,
+                            "dtype": options.get("dtype")},
+                       thresholds={"file": out / "thresholds_judge.json"})
+    settings = run_record(config, ensemble=ensemble, scorer=scorer, thresholds=tuned,
+                          input=args.dev)
     # a run of an earlier demo (other thresholds, say) is redone; the caches make it quick
     shutil.rmtree(out / "run", ignore_errors=True)
     summary = run_pipeline(test_docs, out=out / "run", ensemble=ensemble, scorer=scorer,

@@ -36,13 +36,15 @@ def default_backend() -> str:
         return "hf"
 
 
-def load_ensemble(path: Path, inference_config: Path | None = None):
-    """The stage-1 ensemble of folder ``path`` (with an ``InferenceConfig`` JSON, if given)."""
+def load_ensemble(path: Path, inference_config=None):
+    """The stage-1 ensemble of folder ``path`` (with an ``InferenceConfig``, or the JSON
+    file of one, if given)."""
     from stage1_ensemble.config import InferenceConfig, load_config
     from stage1_ensemble.ensemble import Ensemble
 
     try:
-        config = load_config(inference_config, InferenceConfig) if inference_config else None
+        config = load_config(inference_config, InferenceConfig) \
+            if isinstance(inference_config, (str, Path)) else inference_config
         ensemble = Ensemble.load(path, config)
         ensemble.load_models()  # a broken member stops here, not as every document failing
         return ensemble

@@ -91,18 +91,19 @@ def chunked(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
         yield chunk
 
 
-# Settings that only choose which final files are assembled from the parts: a run with other
-# values reuses the parts (`--format brat` added to a finished run just writes brat).
-ASSEMBLY_SETTINGS = ("formats",)
-
-
 def check_settings(out: Path, settings: dict) -> None:
-    """Refuse to mix a run into an output folder made with other settings."""
+    """Refuse to mix a run into an output folder made with other settings (``settings``:
+    the record of ``pipeline.settings.run_record``); a change that only decides how the run
+    goes (more formats, another cache folder, a batch size) is taken, and recorded."""
+    from pipeline.settings import record_changes
+
     path = out / "run.json"
     if path.exists():
-        old = json.loads(path.read_text())
-        changed = sorted(k for k in settings.keys() | old.keys()
-                         if settings.get(k) != old.get(k) and k not in ASSEMBLY_SETTINGS)
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if "config" not in old:
+            raise PipelineError(f"{out} holds a run made by an earlier version of pipeline, "
+                                "whose settings this one cannot compare; use another --output")
+        changed = record_changes(old, settings)
         if changed:
             raise PipelineError(f"{out} holds a run with other settings ({', '.join(changed)}); "
                                 "use another --output or delete it")
@@ -233,12 +234,6 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
         return summary
 
 
-# Recorded settings that shards merged together may differ in: their share, the formats
-# they assembled, how many documents went in a part. Everything else (the input, the
-# ensemble, the LLM, the thresholds, ...) they must share.
-SHARD_SETTINGS = ("shard", "chunk_size", *ASSEMBLY_SETTINGS)
-
-
 def merge_shards(out: Path, folders: Sequence[Path], formats: Sequence[str]) -> dict:
     """Join the outputs of the finished ``--shard i/n`` runs ``folders`` (all n of them, made
     with the same ensemble, LLM and thresholds) into ``out``, sorted by document id, with
@@ -257,22 +252,27 @@ def merge_shards(out: Path, folders: Sequence[Path], formats: Sequence[str]) -> 
                                                 "again to finish it"))
         runs.append(json.loads((folder / "run.json").read_text(encoding="utf-8")))
         summaries.append(json.loads((folder / "summary.json").read_text(encoding="utf-8")))
+    from pipeline.settings import record_changes
+
+    for folder, run in zip(folders, runs):
+        if "config" not in run:
+            raise PipelineError(f"{folder}: a run made by an earlier version of pipeline, "
+                                "whose settings this one cannot compare; run it again")
     for folder, run in zip(folders[1:], runs[1:]):
-        changed = sorted(k for k in run.keys() | runs[0].keys()
-                         if k not in SHARD_SETTINGS and run.get(k) != runs[0].get(k))
+        changed = record_changes(runs[0], run)
         if changed:
-            raise PipelineError(f"{folder} was run with other {', '.join(changed)} than "
-                                f"{folders[0]}; shards to merge must share them")
+            raise PipelineError(f"{folder} was run with other settings than {folders[0]} "
+                                f"({', '.join(changed)}); shards to merge must share them")
     target = Path(out).resolve()
     for folder in map(Path, folders):
         if target == folder.resolve() or folder.resolve() in target.parents:
             raise PipelineError(f"{out} is {'inside ' if target != folder.resolve() else ''}"
                                 f"the shard folder {folder}; merge into a folder of its own")
-    shards = [parse_shard(run.get("shard", "0/1")) for run in runs]
+    shards = [parse_shard(run["config"]["output"]["shard"]) for run in runs]
     counts = {n for _, n in shards}
     if len(counts) != 1:
         raise PipelineError(f"the shard folders split the corpus in different ways: "
-                            f"{', '.join(run.get('shard', '0/1') for run in runs)}")
+                            f"{', '.join(run['config']['output']['shard'] for run in runs)}")
     n = counts.pop()
     seen = [i for i, _ in shards]
     doubled = sorted({i for i in seen if seen.count(i) > 1})

@@ -1,23 +1,36 @@
-"""The ``pipeline`` command run in the test's own process (faster than a subprocess where
-a real process proves nothing more)."""
+"""The ``pipeline`` command run in the test's own process: as the shell would run it (its
+exit code, stdout and stderr, log lines included), without a new interpreter importing
+torch each time. Real processes stay for what needs one (signals, kills, servers, spawn,
+a stdout that is a full device)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import sys
 
 
-def run_cli(*args: str, capsys) -> tuple[int, str, str]:
-    """The ``pipeline`` command in this process, as the shell would run it."""
+def run_cli(*args: object) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``pipeline ARGS...`` run in this process."""
     from pipeline.cli import main
 
-    old = sys.argv
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)  # what main's logging would print on stderr
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    old_argv, old_level = sys.argv, root.level
     sys.argv = ["pipeline", *map(str, args)]
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
     try:
-        main()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
         code = 0
     except SystemExit as exc:
-        code = exc.code or 0
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
+        sys.argv = old_argv
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    return code, out.getvalue(), err.getvalue()

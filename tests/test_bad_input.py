@@ -27,16 +27,15 @@ JSONL_CASES = [  # (what, line, exit code, what stderr says)
 
 
 @pytest.mark.parametrize("what,obj,code,said", JSONL_CASES, ids=[c[0] for c in JSONL_CASES])
-def test_bad_jsonl_documents(tmp_path, capsys, what, obj, code, said):
+def test_bad_jsonl_documents(tmp_path, what, obj, code, said):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"id": "ok", "text": "tos"}) + "\n" + json.dumps(obj) + "\n")
-    got, out, err = run_cli("convert", "--input", src, "--output", tmp_path / "o.tsv",
-                            capsys=capsys)
+    got, out, err = run_cli("convert", "--input", src, "--output", tmp_path / "o.tsv")
     assert got == code and f"{src}:2: " in err and said in err, err
     assert "Traceback" not in err
 
 
-def test_jsonl_keeps_the_promises_of_the_other_readers(tmp_path, capsys):
+def test_jsonl_keeps_the_promises_of_the_other_readers(tmp_path):
     """A BOM is stripped and said; corpus labels map to classes (SINTOMA: SYMPTOM);
     "spans": null is no spans."""
     src = tmp_path / "in.jsonl"
@@ -45,7 +44,7 @@ def test_jsonl_keeps_the_promises_of_the_other_readers(tmp_path, capsys):
         {"id": "b", "text": "tos", "spans": None, "entity_class": "SINTOMA"}]
     src.write_bytes(b"\xef\xbb\xbf" + "\n".join(map(json.dumps, lines)).encode())
     code, out, err = run_cli("convert", "--input", src, "--output", tmp_path / "o.jsonl",
-                             "--format", "jsonl", capsys=capsys)
+                             "--format", "jsonl")
     assert code == 0, err
     assert "2 documents, 1 spans; BOM stripped from 1 files" in err
     back = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
@@ -58,49 +57,49 @@ def corpus(tmp_path) -> Path:
     return make_corpus(tmp_path / "corpus", n=2, broken=False)
 
 
-def refused(capsys, *args) -> str:
-    code, out, err = run_cli(*args, capsys=capsys)
+def refused(*args) -> str:
+    code, out, err = run_cli(*args)
     assert code == 2 and "Traceback" not in err and out == "", (code, err)
     (line,) = err.strip().splitlines()
     return line
 
 
-def test_bad_thresholds_files(tmp_path, corpus, tiny_ensemble, capsys):
+def test_bad_thresholds_files(tmp_path, corpus, tiny_ensemble):
     th = tmp_path / "th.json"
     run = ("run", "--ensemble", tiny_ensemble, "--input", corpus, "--output", tmp_path / "o",
            "--thresholds", th)
     th.write_text('{"clases": {"DISEASE": {"stage1": 0.4}}}')  # misspelt: defaults applied
-    assert "clases: Extra inputs are not permitted" in refused(capsys, *run)
+    assert "clases: Extra inputs are not permitted" in refused(*run)
     th.write_text('{"classes": {"DISEASES": {"stage1": 0.4}}}')  # no such class
-    line = refused(capsys, *run)
+    line = refused(*run)
     assert f"{th}: 'DISEASES' is not a class; the classes are DISEASE" in line
     assert not (tmp_path / "o").exists()
 
 
-def test_bad_options(tmp_path, corpus, tiny_ensemble, capsys):
+def test_bad_options(tmp_path, corpus, tiny_ensemble):
     run = ("run", "--ensemble", tiny_ensemble, "--input", corpus, "--output", tmp_path / "o")
-    assert "--shard 0/0: the number of parts must be at least 1" in refused(
-        capsys, *run, "--shard", "0/0")
-    assert "no output format given" in refused(capsys, *run, "--format", ",")
+    assert "output.shard: 0/0: the number of parts must be at least 1" in refused(
+        *run, "--shard", "0/0")
+    assert "no output format given" in refused(*run, "--format", ",")
     train = ("train", "--corpus", corpus, "--out", tmp_path / "ens", "--encoder", "x")
     assert "--classes disease: not a class (did you mean DISEASE?)" in refused(
-        capsys, *train, "--classes", "disease")
+        *train, "--classes", "disease")
     assert "--group-pattern '(': not a regular expression" in refused(
-        capsys, *train, "--group-pattern", "(")
-    assert "needs a group" in refused(capsys, *train, "--group-pattern", "case")
+        *train, "--group-pattern", "(")
+    assert "needs a group" in refused(*train, "--group-pattern", "case")
     config = tmp_path / "inference.json"
     config.write_text('{"device": "banana"}')
     assert "device: Value error, 'banana' is not a torch device" in refused(
-        capsys, *run, "--inference-config", config)
+        *run, "--inference-config", config)
     import torch
 
     if not torch.cuda.is_available():
         config.write_text('{"device": "cuda"}')
         assert "'cuda': this machine has no CUDA device" in refused(
-            capsys, *run, "--inference-config", config)
+            *run, "--inference-config", config)
     assert not (tmp_path / "o").exists() and not (tmp_path / "ens").exists()
 
 
-def test_version(capsys):
-    code, out, err = run_cli("--version", capsys=capsys)
+def test_version():
+    code, out, err = run_cli("--version")
     assert code == 0 and out.startswith("pipeline ") and out.split()[1][0].isdigit()

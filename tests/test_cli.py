@@ -9,8 +9,11 @@ import pytest
 
 
 def pipeline(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True,
-                          text=True, timeout=120)
+    """The command, in this process (``tests.cli_inprocess``), as a finished process."""
+    from tests.cli_inprocess import run_cli
+
+    code, out, err = run_cli(*args)
+    return subprocess.CompletedProcess(["pipeline", *args], code, out, err)
 
 
 def test_evaluate_json_has_the_official_keys(tmp_path):
@@ -87,7 +90,7 @@ def test_what_the_machine_refuses_is_one_line_without_traceback(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr  # a wrong name
     assert out.stderr.strip().splitlines() == ["error: /dev/null is a file; it cannot hold "
                                                "/dev/null/out"]
-    with open("/dev/full", "w") as full:  # every write: "No space left on device"
+    with open("/dev/full", "w") as full:  # stdout a full device: a process of its own
         out = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", "--gold",
                               str(tmp_path / "c"), "--pred", str(tmp_path / "c"), "--json"],
                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
@@ -202,7 +205,7 @@ def test_tune_and_ablate_with_an_llm_show_its_progress(tmp_path, tiny_ensemble, 
     assert json.loads((tmp_path / "ablation" / "ablation.json").read_text())["costs"]
 
 
-def test_ctrl_c_is_exit_130_not_success(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_is_exit_130_not_success(tmp_path, monkeypatch):
     import pipeline.cli.evaluate as command
 
     gold = tmp_path / "g.tsv"
@@ -214,12 +217,12 @@ def test_ctrl_c_is_exit_130_not_success(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(command, "evaluate", interrupted)
     from tests.cli_inprocess import run_cli
 
-    code, out, err = run_cli("evaluate", "--gold", gold, "--pred", gold, capsys=capsys)
+    code, out, err = run_cli("evaluate", "--gold", gold, "--pred", gold)
     assert code == 130 and "interrupted" in err and out == ""
 
 
 def test_a_broken_annotation_file_stops_no_run_and_lenient_evaluation_names_it(
-        tmp_path, tiny_ensemble, capsys):
+        tmp_path, tiny_ensemble):
     """`run` needs no annotations: a non-UTF-8 .ann beside good documents once ended it
     with exit 2 after 4 documents; `evaluate --lenient` stopped on it too, and said nothing
     when it did skip something."""
@@ -229,16 +232,14 @@ def test_a_broken_annotation_file_stops_no_run_and_lenient_evaluation_names_it(
     corpus = make_corpus(tmp_path / "corpus", n=6, broken=False)
     (corpus / "doc03.ann").write_bytes(b"T1\tDISEASE 0 4\tdiab\xe9tes\n")  # Latin-1
     code, out, err = run_cli("run", "--ensemble", tiny_ensemble, "--input", corpus,
-                             "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache",
-                             capsys=capsys)
+                             "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache")
     assert code == 0, err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["written"] == 6 and summary["failed"] == 0
-    code, out, err = run_cli("evaluate", "--gold", corpus, "--pred", tmp_path / "out",
-                             capsys=capsys)
+    code, out, err = run_cli("evaluate", "--gold", corpus, "--pred", tmp_path / "out")
     assert code == 2 and f"{corpus / 'doc03.ann'}:1: not UTF-8" in err
     code, out, err = run_cli("evaluate", "--gold", corpus, "--pred", tmp_path / "out",
-                             "--lenient", "--json", capsys=capsys)
+                             "--lenient", "--json")
     assert code == 0, err
     assert json.loads(out)["char_f1"]["n_gold"] == 5  # the five readable annotations
     assert "1 bad annotations skipped" in err and f"skipped: {corpus / 'doc03.ann'}" in err

@@ -275,14 +275,17 @@ def write_corpus(folder: Path, docs: list[Document]) -> Path:
     return folder
 
 
-def test_train_judge_command(two_fold_ensemble, judge_llm_dir, tmp_path, capsys):
+def test_train_judge_command(two_fold_ensemble, judge_llm_dir, tmp_path):
     corpus = write_corpus(tmp_path / "train", fold_docs())
     cfg = tmp_path / "judge.json"
     cfg.write_text(json.dumps({**FAST, "max_steps": 4, "validation_share": 2,
-                               "stage1_threshold": 0.05, "max_context_tokens": 64}))
-    code, out, err = run_cli("train-judge", "--ensemble", two_fold_ensemble, "--corpus", corpus,
-                             "--base", judge_llm_dir, "--out", tmp_path / "j", "--config", cfg,
-                             capsys=capsys)
+                               "stage1_threshold": 0.05}))
+    # the ensemble and the prompt as run, tune and ablate will have them (the run config)
+    shared = tmp_path / "run.json"
+    shared.write_text(json.dumps({"ensemble": {"path": str(two_fold_ensemble)},
+                                  "llm": {"max_context_tokens": 64}}))
+    code, out, err = run_cli("train-judge", "--run-config", shared, "--corpus", corpus,
+                             "--base", judge_llm_dir, "--out", tmp_path / "j", "--config", cfg)
     assert code == 0, err
     record = json.loads((tmp_path / "j" / "judge.json").read_text())
     assert record["config"]["max_steps"] == 4 and record["prompt"]["max_context_tokens"] == 64
@@ -293,30 +296,29 @@ def test_train_judge_command(two_fold_ensemble, judge_llm_dir, tmp_path, capsys)
     assert load_scorer("hf", tmp_path / "j").builder.max_context_tokens == 64
 
 
-def test_train_judge_refusals(two_fold_ensemble, judge_llm_dir, tiny_ensemble, tmp_path, capsys):
+def test_train_judge_refusals(two_fold_ensemble, judge_llm_dir, tiny_ensemble, tmp_path):
     from tests.tiny_models import tiny_bert_encoder
 
     corpus = write_corpus(tmp_path / "train", fold_docs())
     bad = tmp_path / "bad.json"
     bad.write_text('{"max_stepz": 3}')
     code, _, err = run_cli("train-judge", "--ensemble", two_fold_ensemble, "--corpus", corpus,
-                           "--base", judge_llm_dir, "--out", tmp_path / "j", "--config", bad,
-                           capsys=capsys)
+                           "--base", judge_llm_dir, "--out", tmp_path / "j", "--config", bad)
     assert code == 2 and "bad.json: not a valid JudgeConfig: max_stepz: Extra inputs" in err
     assert one_error_line(err)
     encoder = tiny_bert_encoder(tmp_path / "bert")
     code, _, err = run_cli("train-judge", "--ensemble", two_fold_ensemble, "--corpus", corpus,
-                           "--base", encoder, "--out", tmp_path / "j", capsys=capsys)
+                           "--base", encoder, "--out", tmp_path / "j")
     assert code == 2 and "not a causal language model" in err
     assert one_error_line(err)
     code, _, err = run_cli("train-judge", "--ensemble", tiny_ensemble, "--corpus", corpus,
-                           "--base", judge_llm_dir, "--out", tmp_path / "j", capsys=capsys)
+                           "--base", judge_llm_dir, "--out", tmp_path / "j")
     assert code == 2 and "is not the corpus the ensemble was trained on" in err
     from tests.test_stage1_models import two_docs
 
     own = write_corpus(tmp_path / "own", two_docs())
     code, _, err = run_cli("train-judge", "--ensemble", tiny_ensemble, "--corpus", own,
-                           "--base", judge_llm_dir, "--out", tmp_path / "j", capsys=capsys)
+                           "--base", judge_llm_dir, "--out", tmp_path / "j")
     assert code == 2 and "trained with --folds 1" in err and "--candidates-from" in err
     assert one_error_line(err)
 
@@ -335,7 +337,7 @@ def test_llm_settings_belong_to_their_backend():
     assert LlmConfig(template="x.json").scorer_options("openai") == {"template": "x.json"}
 
 
-def test_ablate_compares_several_judges(two_fold_ensemble, judge_llm_dir, tmp_path, capsys):
+def test_ablate_compares_several_judges(two_fold_ensemble, judge_llm_dir, tmp_path):
     from pipeline.thresholds import Thresholds
 
     gold = write_corpus(tmp_path / "gold", fold_docs())
@@ -349,11 +351,10 @@ def test_ablate_compares_several_judges(two_fold_ensemble, judge_llm_dir, tmp_pa
     common = ["ablate", "--ensemble", two_fold_ensemble, "--gold", gold, "--llm-backend", "hf",
               "--out", tmp_path / "ab"]
     code, _, err = run_cli(*common, "--llm", judge_llm_dir, "--llm", judge,
-                           "--thresholds", paths[0], capsys=capsys)
+                           "--thresholds", paths[0])
     assert code == 2 and "2 --llm and 1 --thresholds" in err
     code, out, err = run_cli(*common, "--llm", judge_llm_dir, "--llm", judge, "--thresholds",
-                             paths[0], "--thresholds", paths[1], "--max-context-tokens", "64",
-                             capsys=capsys)
+                             paths[0], "--thresholds", paths[1], "--max-context-tokens", "64")
     assert code == 0, err
     report = json.loads((tmp_path / "ab" / "ablation.json").read_text())
     systems = [c["system"] for c in report["costs"]]

@@ -17,6 +17,7 @@ from pipeline.metrics import evaluate
 from pipeline.predict import char_probabilities, propose
 from pipeline.readers import open_corpus
 from pipeline.run import run_pipeline
+from pipeline.settings import RunConfig, run_record
 from pipeline.thresholds import Thresholds
 from pipeline.tune import collect, tune_class
 from stage1_ensemble.ensemble import Ensemble
@@ -45,11 +46,11 @@ def run(tmp, ens_dir, scorer=None, out="out", th=None, **kw):
     docs = open_corpus(tmp / "corpus", lenient=True, report=report, classes=("DISEASE",))
     th = th or Thresholds.uniform(0.5, 0.5)
     shard = kw.get("shard", (0, 1))
-    settings = {"ensemble": ens.identity, "llm": getattr(scorer, "identity", None),
-                "thresholds": th.model_dump(), "shard": f"{shard[0]}/{shard[1]}",
-                **kw.pop("extra_settings", {})}
     formats = kw.pop("formats", ("tsv", "jsonl", "brat"))
-    settings["formats"] = sorted(formats)
+    config = RunConfig(output={"formats": sorted(formats), "shard": f"{shard[0]}/{shard[1]}",
+                               "chunk_size": 4})
+    settings = run_record(config, ensemble=ens, scorer=scorer, thresholds=th,
+                          input=kw.pop("input", tmp / "corpus"))
     return run_pipeline(docs, out=tmp / out, ensemble=ens, scorer=scorer, thresholds=th,
                         settings=settings, formats=formats, chunk_size=4,
                         unreadable=report.failed_documents, **kw)
@@ -94,7 +95,8 @@ def test_a_run_folder_reads_as_its_predictions(tmp_path, tiny_ensemble):
 def test_output_folder_with_other_settings_is_refused(tmp_path, tiny_ensemble):
     make_corpus(tmp_path / "corpus", n=2, broken=False)
     run(tmp_path, tiny_ensemble)
-    with pytest.raises(PipelineError, match="holds a run with other settings \\(thresholds\\)"):
+    with pytest.raises(PipelineError, match=r"holds a run with other settings \(resolved\."
+                                            r"thresholds.default.stage1\)"):
         run(tmp_path, tiny_ensemble, th=Thresholds.uniform(0.7))
 
     # other output formats only: the parts are reused and the new files assembled from them
@@ -109,11 +111,17 @@ def test_output_folder_with_other_settings_is_refused(tmp_path, tiny_ensemble):
     summary = run_pipeline(open_corpus(tmp_path / "corpus", classes=("DISEASE",)),
                            out=tmp_path / "formats", ensemble=NoModels(), thresholds=
                            Thresholds.uniform(0.5, 0.5), formats=("tsv", "brat"), chunk_size=4,
-                           settings={**json.loads((tmp_path / "formats" / "run.json").read_text()),
-                                     "formats": ["brat", "tsv"]})
+                           settings=with_formats(tmp_path / "formats", ["brat", "tsv"]))
     assert summary.written == 2 and len(list((tmp_path / "formats" / "brat").glob("*.ann"))) == 2
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "formats" / "parts").iterdir()} == parts
-    assert json.loads((tmp_path / "formats" / "run.json").read_text())["formats"] == ["brat", "tsv"]
+    record = json.loads((tmp_path / "formats" / "run.json").read_text())
+    assert record["config"]["output"]["formats"] == ["brat", "tsv"]
+
+
+def with_formats(out: Path, formats: list[str]) -> dict:
+    record = json.loads((out / "run.json").read_text())
+    record["config"]["output"]["formats"] = formats
+    return record
 
 
 def test_texts_with_unicode_line_separators_survive_the_part_files(tmp_path, tiny_ensemble):
@@ -203,17 +211,17 @@ def test_shards_together_equal_one_run(tmp_path, tiny_ensemble):
     # what cannot be merged is refused, naming the problem
     run(tmp_path, tiny_ensemble, out="other", shard=(2, 3), th=Thresholds.uniform(0.7))
     run(tmp_path, tiny_ensemble, out="elsewhere", shard=(2, 3),
-        extra_settings={"input": str(tmp_path / "another-corpus")})
+        input=tmp_path / "another-corpus")
     shutil.copytree(shards[1], tmp_path / "unfinished")
     (tmp_path / "unfinished" / "summary.json").unlink()
     for folders, problem in (
             (shards[:2], "shards of /3: missing: 2"),
             (shards + shards[2:], "given twice: 2"),
             ([shards[0], tmp_path / "full"], "split the corpus in different ways"),
-            (shards[:2] + [tmp_path / "other"], "other thresholds"),
+            (shards[:2] + [tmp_path / "other"], r"\(resolved.thresholds.default.stage1\)"),
             ([shards[0], tmp_path / "unfinished", shards[2]], "that run has not finished"),
             ([shards[0], tmp_path / "corpus"], "not the output of `pipeline run`"),
-            (shards[:2] + [tmp_path / "elsewhere"], "other input")):
+            (shards[:2] + [tmp_path / "elsewhere"], r"\(resolved.input\)")):
         with pytest.raises(PipelineError, match=problem):
             merge_shards(tmp_path / "refused", folders, ["tsv"])
     assert not (tmp_path / "refused").exists()

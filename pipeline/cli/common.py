@@ -18,6 +18,17 @@ InferenceConfigOption = Annotated[Path | None, typer.Option(
          "width_multiple, max_length, stride; unknown keys fail).")]
 EnsembleOption = Annotated[Path, typer.Option(
     exists=True, file_okay=False, help="Ensemble folder (from `pipeline train`).")]
+EnsemblePathOption = Annotated[Path | None, typer.Option(
+    "--ensemble", exists=True, file_okay=False,
+    help="Ensemble folder (from `pipeline train`); or ensemble.path in --config.")]
+ConfigOption = Annotated[Path | None, typer.Option(
+    "--config", exists=True, dir_okay=False,
+    help="Run configuration, TOML or JSON: sections ensemble (path, inference, cache_dir), "
+         "llm (model, backend, urls, and the --llm-config settings), thresholds (file, "
+         "stage1, stage2), output (formats, chunk_size, shard). Unknown keys fail; "
+         "options given on the command line override it.")]
+PrintConfigOption = Annotated[bool, typer.Option(
+    "--print-config", help="Print the resolved configuration (JSON) and exit.")]
 LlmOption = Annotated[Path | None, typer.Option(
     exists=True, file_okay=False,
     help="Re-ranker model folder (its tokenizer builds the prompts; with --llm-url, the "
@@ -38,9 +49,9 @@ LlmTemplateOption = Annotated[str | None, typer.Option(
 MaxContextOption = Annotated[int | None, typer.Option(
     min=16, help="Tokens of the note the LLM is shown around a candidate (overrides "
                  "--llm-config; default 1024, or a judge's own).")]
-LlmLoraOption = Annotated[bool, typer.Option(
-    help="vllm backend: serve a judge as its LoRA adapter on its base model, so that "
-         "several judges share one base.")]
+LlmLoraOption = Annotated[bool | None, typer.Option(
+    "--llm-lora", help="vllm backend: serve a judge as its LoRA adapter on its base model, "
+                       "so that several judges share one base.")]
 CacheDirOption = Annotated[Path | None, typer.Option(
     help="Character-probability and LLM-score cache (default: ENSEMBLE/cache).")]
 
@@ -135,30 +146,38 @@ def llm_progress(scorer) -> Iterator[None]:
             scorer.on_progress = None
 
 
-def llm_settings(config: Path | None, template: str | None = None,
-                 max_context_tokens: int | None = None, lora: bool = False):
-    """The ``LlmConfig`` of ``--llm-config`` with the command line's overrides."""
-    from stage1_ensemble.config import load_config
-    from stage2_rerank.config import LlmConfig
+def run_config(config: Path | None, print_config: bool, *, inference_config: Path | None = None,
+               llm_config: Path | None = None, **options):
+    """The ``RunConfig`` of ``--config`` with ``--inference-config``, ``--llm-config`` and
+    the other options (keyword names are dotted paths with "__" for ".", e.g.
+    ``llm__template``; None: not given) laid over it, checked against the LLM's backend
+    before any model loads. ``--print-config`` prints it and ends the command."""
+    import json
 
-    settings = load_config(config, LlmConfig) if config else LlmConfig()
-    updates = {k: v for k, v in (("template", template),
-                                 ("max_context_tokens", max_context_tokens)) if v is not None}
-    if lora:
-        updates["lora"] = True
-    return LlmConfig.model_validate({**settings.model_dump(), **updates})
-
-
-def checked_settings(llm, backend, urls, config, template, max_context_tokens, lora):
-    """The LLM's settings, checked against its backend before any model loads."""
     from pipeline.errors import PipelineError
     from pipeline.recognizer import resolve_backend
+    from pipeline.settings import load_run_config, nested
+    from stage1_ensemble.config import InferenceConfig, load_config
+    from stage2_rerank.config import LlmConfig
 
-    settings = llm_settings(config, template, max_context_tokens, lora)
-    chosen = resolve_backend(llm, backend, urls)
+    layers = []
+    if inference_config is not None:
+        layers.append({"ensemble": {"inference": load_config(
+            inference_config, InferenceConfig).model_dump(exclude_unset=True)}})
+    if llm_config is not None:
+        layers.append({"llm": load_config(llm_config, LlmConfig).model_dump(exclude_unset=True)})
+    layers.append(nested({k.replace("__", "."): v for k, v in options.items()}))
+    cfg = load_run_config(config, *layers)
+    if print_config:
+        typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        raise typer.Exit()
+    if cfg.ensemble.path is None:
+        raise PipelineError("no ensemble: give --ensemble, or ensemble.path in --config")
+    llm = cfg.llm
+    chosen = resolve_backend(llm.model, llm.backend, llm.urls or None)
     if chosen is not None:
         try:
-            settings.scorer_options(chosen)
+            llm.prompt_and_backend().scorer_options(chosen)
         except ValueError as exc:
             raise PipelineError(str(exc)) from None
-    return settings
+    return cfg

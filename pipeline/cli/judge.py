@@ -8,16 +8,16 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
-from pipeline.cli.common import CacheDirOption, EnsembleOption, InferenceConfigOption, say_read
+from pipeline.cli.common import CacheDirOption, EnsemblePathOption, InferenceConfigOption, say_read
 
 
 @app.command("train-judge")
 def train_judge_command(
-    ensemble: EnsembleOption,
     base: Annotated[Path, typer.Option(exists=True, file_okay=False,
                                        help="The instruction LLM to fine-tune (a model folder).")],
     out: Annotated[Path, typer.Option(help="Judge folder to write: merged weights, tokenizer, "
                                            "adapter/, judge.json, candidates.jsonl.")],
+    ensemble: EnsemblePathOption = None,
     corpus: Annotated[Path | None, typer.Option(
         help="The ensemble's training corpus: each document is proposed on by the members "
              "of its own fold only (needs an ensemble trained with --folds 2 or more).")] = None,
@@ -40,6 +40,12 @@ def train_judge_command(
     cache_dir: CacheDirOption = None,
     inference_config: InferenceConfigOption = None,
     lenient: Annotated[bool, typer.Option(help="Skip and count bad annotations.")] = False,
+    run_config: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="The run configuration (TOML or JSON) that run, tune and ablate read: its "
+             "ensemble section, and its llm prompt settings (template, max_context_tokens, "
+             "use_chat_template), so that the judge learns on the prompt it will be served; "
+             "--config and the options override them.")] = None,
 ) -> None:
     """Fine-tune the stage-2 LLM on stage-1 candidates labelled by their overlap with gold.
 
@@ -56,6 +62,7 @@ def train_judge_command(
     )
     from pipeline.readers import corpus_layout, open_corpus
     from pipeline.recognizer import char_cache, load_ensemble
+    from pipeline.settings import RunConfig, load_run_config
     from pipeline.training import corpus_data_hash, group_pattern_option
     from stage1_ensemble.config import load_config
     from stage2_rerank.training import JudgeConfig, check_causal_lm
@@ -63,10 +70,18 @@ def train_judge_command(
     if corpus is None and candidates_from is None:
         raise PipelineError("give the ensemble's training corpus (--corpus), a held-out gold "
                             "corpus (--candidates-from), or both")
-    cfg = load_config(config, JudgeConfig) if config else JudgeConfig()
+    shared = load_run_config(run_config) if run_config else RunConfig()
+    ensemble = ensemble or shared.ensemble.path
+    if ensemble is None:
+        raise PipelineError("no ensemble: give --ensemble, or ensemble.path in --run-config")
+    inference_config = inference_config or shared.ensemble.inference
+    cache_dir = cache_dir or shared.ensemble.cache_dir
+    prompt = shared.llm.model_dump(include={"template", "max_context_tokens",
+                                            "use_chat_template"}, exclude_none=True)
+    own = load_config(config, JudgeConfig).model_dump(exclude_unset=True) if config else {}
     updates = {k: v for k, v in (("max_steps", max_steps), ("template", template),
                                  ("max_context_tokens", max_context_tokens)) if v is not None}
-    cfg = JudgeConfig.model_validate({**cfg.model_dump(), **updates})
+    cfg = JudgeConfig.model_validate({**prompt, **own, **updates})
     pattern = group_pattern_option(group_pattern)
     for source in (corpus, candidates_from):  # before any model loads: fail fast
         if source is not None:

@@ -11,7 +11,8 @@ import typer
 from pipeline.cli import app
 from pipeline.cli.common import (
     CacheDirOption,
-    EnsembleOption,
+    ConfigOption,
+    EnsemblePathOption,
     InferenceConfigOption,
     LlmBackendOption,
     LlmConfigOption,
@@ -20,37 +21,47 @@ from pipeline.cli.common import (
     LlmTemplateOption,
     LlmUrlOption,
     MaxContextOption,
-    checked_settings,
+    PrintConfigOption,
     follow_llm,
     progress_display,
+    run_config,
 )
+from pipeline.errors import PipelineError
+from pipeline.settings import FORMATS, default_of
 
 
 @app.command("run")
 def run_command(
-    ensemble: EnsembleOption,
     input: Annotated[Path, typer.Option(help="Corpus to annotate (any supported layout).")],
     output: Annotated[Path, typer.Option(help="Output folder (parts, predictions, summary).")],
+    ensemble: EnsemblePathOption = None,
     llm: LlmOption = None,
     llm_backend: LlmBackendOption = None,
     llm_url: LlmUrlOption = None,
-    stage1_threshold: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="Ensemble probability a candidate needs (lower: more "
-                               "recall).")] = 0.6,
-    stage2_threshold: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="LLM P(yes) a candidate needs to be kept.")] = 0.5,
+    stage1_threshold: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Ensemble probability a candidate needs (lower: more recall; "
+                               f"default {default_of('thresholds.stage1')}).")] = None,
+    stage2_threshold: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="LLM P(yes) a candidate needs to be kept (default "
+                               f"{default_of('thresholds.stage2')}).")] = None,
     thresholds: Annotated[Path | None, typer.Option(help="Per-class thresholds from `pipeline "
                                                          "tune` (override the two above).")] = None,
-    format: Annotated[str, typer.Option(help="Comma-separated: tsv, jsonl, brat.")] = "tsv,jsonl",
-    shard: Annotated[str, typer.Option(help="i/n: this machine's share of the corpus.")] = "0/1",
-    chunk_size: Annotated[int, typer.Option(min=1, help="Documents per batch.")] = 16,
+    format: Annotated[str | None, typer.Option(
+        help="Comma-separated: tsv, jsonl, brat (default "
+             f"{','.join(default_of('output.formats'))}).")] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="i/n: this machine's share of the corpus (default all: 0/1).")] = None,
+    chunk_size: Annotated[int | None, typer.Option(
+        min=1, help=f"Documents per batch (default {default_of('output.chunk_size')}).")] = None,
     cache_dir: CacheDirOption = None,
     texts: Annotated[Path | None, typer.Option(help="Text folder of a TSV input.")] = None,
     inference_config: InferenceConfigOption = None,
     llm_config: LlmConfigOption = None,
     llm_template: LlmTemplateOption = None,
     max_context_tokens: MaxContextOption = None,
-    llm_lora: LlmLoraOption = False,
+    llm_lora: LlmLoraOption = None,
+    config: ConfigOption = None,
+    print_config: PrintConfigOption = False,
 ) -> None:
     """Propose spans with the ensemble, judge them with the LLM, write what is kept.
 
@@ -58,33 +69,39 @@ def run_command(
     from pipeline.errors import ReadReport
     from pipeline.readers import brat_stems, corpus_layout, open_corpus, stem_id
     from pipeline.recognizer import char_cache, load_ensemble, load_llm, warn_unfit
-    from pipeline.run import check_formats, in_shard, parse_shard, run_pipeline
+    from pipeline.run import in_shard, parse_shard, run_pipeline
+    from pipeline.settings import run_record
     from pipeline.thresholds import Thresholds
     from pipeline.writers import folder_lock
 
-    share = parse_shard(shard)  # before the slow loads: fail fast
-    formats = [f.strip() for f in format.split(",") if f.strip()]
-    check_formats(formats)
-    settings = checked_settings(llm, llm_backend, llm_url, llm_config, llm_template,
-                                max_context_tokens, llm_lora)
+    formats = [f.strip() for f in format.split(",") if f.strip()] if format is not None else None
+    if formats == []:
+        raise PipelineError(f"no output format given; choose from {FORMATS}")
+    cfg = run_config(config, print_config, inference_config=inference_config,
+                     llm_config=llm_config, ensemble__path=ensemble, llm__model=llm,
+                     llm__backend=llm_backend, llm__urls=llm_url, llm__template=llm_template,
+                     llm__max_context_tokens=max_context_tokens, llm__lora=llm_lora,
+                     thresholds__stage1=stage1_threshold, thresholds__stage2=stage2_threshold,
+                     thresholds__file=thresholds, output__formats=formats, output__shard=shard,
+                     output__chunk_size=chunk_size, ensemble__cache_dir=cache_dir)
+    share = parse_shard(cfg.output.shard)
     layout = corpus_layout(input, texts)  # a missing or unknown input: say so now
-    th = Thresholds.load(thresholds) if thresholds else Thresholds.uniform(stage1_threshold,
-                                                                           stage2_threshold)
+    th_source = cfg.thresholds.file
+    th = Thresholds.load(th_source) if th_source else Thresholds.uniform(
+        cfg.thresholds.stage1, cfg.thresholds.stage2)
     with folder_lock(output, "pipeline run"):  # before the slow loads: a second one stops now
-        ens = load_ensemble(ensemble, inference_config)
-        th.check_classes(ens.classes, str(thresholds))  # before the LLM loads
-        cache = cache_dir or ensemble / "cache"
-        scorer = load_llm(llm, llm_backend, llm_url, cache, settings)
-        warn_unfit(th, ens, scorer, str(thresholds) if thresholds else "thresholds")
+        ens = load_ensemble(cfg.ensemble.path, cfg.ensemble.inference)
+        th.check_classes(ens.classes, str(th_source))  # before the LLM loads
+        cache = cfg.ensemble.cache_dir or cfg.ensemble.path / "cache"
+        scorer = load_llm(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None, cache,
+                          cfg.llm.prompt_and_backend())
+        warn_unfit(th, ens, scorer, str(th_source) if th_source else "thresholds")
         report = ReadReport()
         docs = open_corpus(input, texts=texts, lenient=True, report=report,
                            classes=tuple(ens.classes), annotations=False)
         total = sum(in_shard(stem_id(stem), share) for stem in brat_stems(input)) \
             if layout in ("brat", "txt") else None  # this shard's documents
-        settings = {"ensemble": ens.identity, "inference": ens.output_settings,
-                    "llm": scorer.identity if scorer else None,
-                    "thresholds": th.model_dump(), "formats": sorted(formats), "shard": shard,
-                    "chunk_size": chunk_size, "input": str(input.resolve())}
+        record = run_record(cfg, ensemble=ens, scorer=scorer, thresholds=th, input=input)
         start = time.perf_counter()
         with progress_display() as progress:
             task = progress.add_task("pipeline run", total=total, unit="docs", rate="")
@@ -97,9 +114,10 @@ def run_command(
                                                       f"{summary.candidates / elapsed:.1f} cand/s")
 
             summary = run_pipeline(docs, out=output, ensemble=ens, scorer=scorer, thresholds=th,
-                                   settings=settings, formats=formats, shard=share,
-                                   chunk_size=chunk_size, char_cache=char_cache(cache, ens),
-                                   on_chunk=on_chunk, unreadable=report.failed_documents)
+                                   settings=record, formats=cfg.output.formats, shard=share,
+                                   chunk_size=cfg.output.chunk_size,
+                                   char_cache=char_cache(cache, ens), on_chunk=on_chunk,
+                                   unreadable=report.failed_documents)
             # the unreadable documents, accounted for at the end: the bar ends full
             progress.update(task, completed=summary.written + summary.empty + len(summary.failed))
         s = summary.as_dict()

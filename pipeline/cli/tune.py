@@ -12,7 +12,8 @@ import typer
 from pipeline.cli import app
 from pipeline.cli.common import (
     CacheDirOption,
-    EnsembleOption,
+    ConfigOption,
+    EnsemblePathOption,
     InferenceConfigOption,
     LlmBackendOption,
     LlmConfigOption,
@@ -21,10 +22,11 @@ from pipeline.cli.common import (
     LlmTemplateOption,
     LlmUrlOption,
     MaxContextOption,
-    checked_settings,
+    PrintConfigOption,
     follow_llm,
     llm_progress,
     progress_display,
+    run_config,
 )
 from pipeline.errors import PipelineError
 from pipeline.writers import atomic_write, check_writable
@@ -70,9 +72,9 @@ def parse_grid(text: str) -> tuple[float, ...]:
 
 @app.command("tune")
 def tune_command(
-    ensemble: EnsembleOption,
     gold: Annotated[Path, typer.Option(help="Gold corpus to tune on.")],
     out: Annotated[Path, typer.Option(help="thresholds.json to write (a heat map PNG beside).")],
+    ensemble: EnsemblePathOption = None,
     llm: LlmOption = None,
     llm_backend: LlmBackendOption = None,
     llm_url: LlmUrlOption = None,
@@ -86,7 +88,9 @@ def tune_command(
     llm_config: LlmConfigOption = None,
     llm_template: LlmTemplateOption = None,
     max_context_tokens: MaxContextOption = None,
-    llm_lora: LlmLoraOption = False,
+    llm_lora: LlmLoraOption = None,
+    config: ConfigOption = None,
+    print_config: PrintConfigOption = False,
 ) -> None:
     """Sweep both thresholds jointly per class; write thresholds.json with the figures."""
     from pipeline.recognizer import char_cache, load_ensemble, load_llm
@@ -95,14 +99,18 @@ def tune_command(
     if objective not in ("char_f1", "strict_f1"):
         raise PipelineError(f"--objective must be char_f1 or strict_f1, not {objective!r}")
     grid = parse_grid(t1_grid) if t1_grid else T1_GRID
-    settings = checked_settings(llm, llm_backend, llm_url, llm_config, llm_template,
-                                max_context_tokens, llm_lora)
+    cfg = run_config(config, print_config, inference_config=inference_config,
+                     llm_config=llm_config, ensemble__path=ensemble,
+                     ensemble__cache_dir=cache_dir, llm__model=llm, llm__backend=llm_backend,
+                     llm__urls=llm_url, llm__template=llm_template,
+                     llm__max_context_tokens=max_context_tokens, llm__lora=llm_lora)
     check_gold(gold, subset)
     check_writable(out)  # before hours of tuning, not after
-    ens = load_ensemble(ensemble, inference_config)
+    ens = load_ensemble(cfg.ensemble.path, cfg.ensemble.inference)
     docs = gold_documents(gold, subset, ens.classes)  # before the (slow) LLM loads
-    cache = cache_dir or ensemble / "cache"
-    scorer = load_llm(llm, llm_backend, llm_url, cache, settings)
+    cache = cfg.ensemble.cache_dir or cfg.ensemble.path / "cache"
+    scorer = load_llm(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None, cache,
+                      cfg.llm.prompt_and_backend())
     typer.echo(f"tuning on {len(docs)} documents", err=True)
     with llm_progress(scorer):
         sets = collect(docs, ens, scorer, t1_grid=grid, char_cache=char_cache(cache, ens),
@@ -134,12 +142,12 @@ def tune_command(
 
 @app.command("ablate")
 def ablate_command(
-    ensemble: EnsembleOption,
     gold: Annotated[Path, typer.Option(help="Gold corpus to report on.")],
-    thresholds: Annotated[list[Path], typer.Option(
-        help="thresholds.json from `pipeline tune`; with several --llm, one for each, in "
-             "the same order.")],
     out: Annotated[Path, typer.Option(help="Folder for ablation.md, ablation.json, pr.png.")],
+    ensemble: EnsemblePathOption = None,
+    thresholds: Annotated[list[Path] | None, typer.Option(
+        help="thresholds.json from `pipeline tune`; with several --llm, one for each, in "
+             "the same order (or thresholds.file in --config).")] = None,
     llm: Annotated[list[Path] | None, typer.Option(
         exists=True, file_okay=False,
         help="Re-ranker model folder; repeat to compare several (say, the zero-shot base "
@@ -152,33 +160,46 @@ def ablate_command(
     llm_config: LlmConfigOption = None,
     llm_template: LlmTemplateOption = None,
     max_context_tokens: MaxContextOption = None,
-    llm_lora: LlmLoraOption = False,
+    llm_lora: LlmLoraOption = None,
+    config: ConfigOption = None,
+    print_config: PrintConfigOption = False,
 ) -> None:
     """Ensemble alone (paper's 0.8, tuned) vs re-ranked, per language × class, with counts."""
     from functools import partial
 
     from pipeline.ablate import Judge, ablate, markdown, plot
-    from pipeline.recognizer import char_cache, load_ensemble, load_llm, warn_unfit
+    from pipeline.recognizer import char_cache, load_ensemble, load_llm, resolve_backend, warn_unfit
     from pipeline.thresholds import Thresholds
 
-    llms = list(llm or [])
+    cfg = run_config(config, print_config, inference_config=inference_config,
+                     llm_config=llm_config, ensemble__path=ensemble,
+                     ensemble__cache_dir=cache_dir, llm__model=llm[0] if llm else None,
+                     llm__backend=llm_backend, llm__urls=llm_url, llm__template=llm_template,
+                     llm__max_context_tokens=max_context_tokens, llm__lora=llm_lora,
+                     thresholds__file=thresholds[0] if thresholds else None)
+    llms = list(llm or ([cfg.llm.model] if cfg.llm.model else []))
+    thresholds = list(thresholds or ([cfg.thresholds.file] if cfg.thresholds.file else []))
+    if not thresholds:
+        raise PipelineError("no thresholds: give --thresholds (from `pipeline tune`), or "
+                            "thresholds.file in --config")
     if len(llms) > 1 and len(thresholds) != len(llms) or len(thresholds) > max(1, len(llms)):
         raise PipelineError(f"{len(llms)} --llm and {len(thresholds)} --thresholds: give one "
                             "thresholds file for each LLM, in the same order")
     tuned = [Thresholds.load(t) for t in thresholds]  # before the (slow) models load
-    settings = checked_settings(llms[0] if llms else None, llm_backend, llm_url, llm_config,
-                                llm_template, max_context_tokens, llm_lora)
+    for other in llms[1:]:  # each LLM on the same backend with the same settings
+        resolve_backend(other, cfg.llm.backend, cfg.llm.urls or None)
     check_gold(gold, subset)
     check_writable(out, folder=True)
-    ens = load_ensemble(ensemble, inference_config)
+    ens = load_ensemble(cfg.ensemble.path, cfg.ensemble.inference)
     for th, source in zip(tuned, thresholds):
         th.check_classes(ens.classes, str(source))
     docs = gold_documents(gold, subset, ens.classes)
-    cache = cache_dir or ensemble / "cache"
+    cache = cfg.ensemble.cache_dir or cfg.ensemble.path / "cache"
     names = judge_names(llms)
 
     def loader(model: Path, th: Thresholds, source: Path):
-        scorer = load_llm(model, llm_backend, llm_url, cache, settings)
+        scorer = load_llm(model, cfg.llm.backend, cfg.llm.urls or None, cache,
+                          cfg.llm.prompt_and_backend())
         warn_unfit(th, ens, scorer, str(source))
         follow_llm(progress, scorer)
         return scorer
