@@ -62,6 +62,19 @@ def temporary_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
+def naming(path: Path, instead_of: Path | None = None) -> Iterator[None]:
+    """An ``OSError`` raised in the block that names no file (a write on a full disk says
+    only "No space left on device"), or names ``instead_of`` (a temporary name), names
+    ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None or exc.filename not in (None, str(instead_of)):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+
+
+@contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[IO[str]]:
     """A text handle whose content replaces ``path`` when the block ends: a crash, a full
     disk or bad input in the block leaves either the old file or none, and no temporary
@@ -71,16 +84,14 @@ def atomic_file(path: Path) -> Iterator[IO[str]]:
         raise PipelineError(f"{path} is a folder; give the name of a file to write")
     tmp = temporary_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
+        with naming(path, instead_of=tmp):
+            with open(tmp, "w", encoding="utf-8", newline="") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
-            # "No space left on device" with no path, or the temporary one: name the file
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
 
 
@@ -147,10 +158,11 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
             holder = f"{job or 'another process'} (process {pid})" if pid else "another process"
             raise PipelineError(f"{folder} is in use by {holder}; wait for it to finish or "
                                 "choose another folder") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()} {what}")
-        handle.flush()
+        with naming(path):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()} {what}")
+            handle.flush()
         _HELD.add(key)
         try:
             yield
@@ -200,10 +212,11 @@ def write_brat(docs: Iterable[Document], folder: Path, *, with_text: bool = True
             sub = Path(doc.entity_class) if doc.entity_class else Path()
             (stage / sub).mkdir(exist_ok=True)
             name = file_stem(doc.id)  # an id such as "en/case1" stays one file in the folder
-            if with_text:
-                (stage / sub / f"{name}.txt").write_text(doc.text, encoding="utf-8", newline="")
-            (stage / sub / f"{name}.ann").write_text(brat_ann(doc), encoding="utf-8",
-                                                     newline="")
+            files = [(".txt", doc.text)] if with_text else []
+            for suffix, content in files + [(".ann", brat_ann(doc))]:
+                with naming(root / sub / f"{name}{suffix}"):
+                    (stage / sub / f"{name}{suffix}").write_text(content, encoding="utf-8",
+                                                                 newline="")
             count += 1
         move_into(stage, root)
     finally:

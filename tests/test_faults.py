@@ -322,23 +322,32 @@ def test_a_full_disk_at_each_writing_step_leaves_nothing_and_the_rerun_ends_iden
             "--stage1-threshold", "0.5", "--chunk-size", "4", "--format", "tsv,jsonl,brat",
             "--cache-dir", tmp_path / "cache"]
     finish(args + ["--output", tmp_path / "clean"])
-    pages = sum(-(-p.stat().st_size // 4096) + 1 for p in (tmp_path / "clean").rglob("*"))
-    needed = pages * 4096  # a page a file at least, and one a folder entry
+    quoted = " ".join(shlex.quote(str(a)) for a in args)
+    (tmp_path / "mnt").mkdir()
+    measured = subprocess.run(  # what the outputs take on a tmpfs
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64m tmpfs {tmp_path / 'mnt'} && "
+         f"{shlex.quote(sys.executable)} -m pipeline {quoted} --output {tmp_path / 'mnt'}/out "
+         f"> /dev/null 2>&1 && df -k --output=used {tmp_path / 'mnt'} | tail -1"],
+        capture_output=True, text=True, timeout=600)
+    assert measured.returncode == 0, measured.stderr
+    needed = int(measured.stdout.split()[-1]) * 1024
     failed_at = set()
     for k, share in enumerate((0.1, 0.35, 0.6, 0.85)):
         mnt, log = tmp_path / f"mnt{k}", tmp_path / f"log{k}"
         mnt.mkdir()
         script = FULL_DISK.format(
             limit=max(4096, int(needed * share) // 4096 * 4096), room=needed * 4, mnt=mnt,
-            python=shlex.quote(sys.executable), log=log, copy=tmp_path / f"out{k}",
-            args=" ".join(shlex.quote(str(a)) for a in args))
+            python=shlex.quote(sys.executable), log=log, copy=tmp_path / f"out{k}", args=quoted)
         done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True,
                               text=True, timeout=600)
         assert done.returncode == 0, done.stderr
         first = Path(f"{log}.first").read_text()
         assert Path(f"{log}.rc1").read_text().strip() == "1", first[-2000:]
         assert "No space left on device" in first and "Traceback" not in first, first[-2000:]
-        failed_at.add(first.strip().splitlines()[-1].rsplit("/", 1)[-1])
+        last = first.strip().splitlines()[-1]
+        assert last.startswith("error: [Errno 28] No space left on device: ") and \
+            str(mnt) in last, last  # it names the file it could not write
+        failed_at.add(last.rsplit("/", 1)[-1])
         assert Path(f"{log}.leftovers").read_text() == ""
         assert Path(f"{log}.rc2").read_text().strip() == "0", Path(f"{log}.second").read_text()
         same_outputs(tmp_path / "clean", tmp_path / f"out{k}")
