@@ -41,6 +41,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING)
+    from pipeline.cli import quiet_libraries
+
+    quiet_libraries(verbose=False)  # as the pipeline command: the steps' lines, not vLLM's
 
     from pipeline.ablate import Judge, ablate, markdown
     from pipeline.cli.evaluate import print_table

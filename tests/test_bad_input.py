@@ -103,3 +103,17 @@ def test_bad_options(tmp_path, corpus, tiny_ensemble):
 def test_version():
     code, out, err = run_cli("--version")
     assert code == 0 and out.startswith("pipeline ") and out.split()[1][0].isdigit()
+
+
+def test_tune_and_ablate_skip_bad_gold_annotations_only_when_lenient(
+        tmp_path, corpus, tiny_ensemble):
+    (corpus / "doc01.ann").write_text("T1\tDISEASE 0 999\tx\n")
+    common = ("--ensemble", tiny_ensemble, "--gold", corpus, "--cache-dir", tmp_path / "c")
+    assert f"{corpus / 'doc01.ann'}:1: span 0-999" in refused(
+        "tune", *common, "--out", tmp_path / "t.json")
+    code, out, err = run_cli("tune", *common, "--out", tmp_path / "t.json", "--lenient")
+    assert code == 0, err
+    assert "1 bad annotations skipped" in err and f"skipped: {corpus / 'doc01.ann'}:1" in err
+    code, out, err = run_cli("ablate", *common, "--thresholds", tmp_path / "t.json",
+                             "--out", tmp_path / "a", "--lenient")
+    assert code == 0 and "skipped: " in err, err

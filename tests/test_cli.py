@@ -243,3 +243,45 @@ def test_a_broken_annotation_file_stops_no_run_and_lenient_evaluation_names_it(
     assert code == 0, err
     assert json.loads(out)["char_f1"]["n_gold"] == 5  # the five readable annotations
     assert "1 bad annotations skipped" in err and f"skipped: {corpus / 'doc03.ann'}" in err
+
+
+def test_a_damaged_cache_says_it_may_be_deleted(tmp_path, tiny_ensemble):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text("fiebre")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "charprobs.sqlite").write_bytes(b"not a database at all" * 100)
+    out = pipeline("run", "--ensemble", str(tiny_ensemble), "--input", str(tmp_path / "c"),
+                   "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "charprobs.sqlite" in last and "may be deleted: it only saves work" in last
+
+
+def test_progress_is_a_line_every_few_seconds_where_stderr_is_no_terminal(
+        tmp_path, tiny_ensemble, monkeypatch):
+    import pipeline.cli.common as common
+    from tests.test_pipeline import make_corpus
+
+    monkeypatch.setattr(common, "PROGRESS_EVERY", 0.0)  # a line at every update
+    make_corpus(tmp_path / "corpus", n=6)
+    out = pipeline("run", "--ensemble", str(tiny_ensemble), "--input", str(tmp_path / "corpus"),
+                   "--output", str(tmp_path / "out"), "--chunk-size", "2",
+                   "--cache-dir", str(tmp_path / "cache"))
+    assert out.returncode == 0, out.stderr
+    lines = [x for x in out.stderr.splitlines() if x.startswith("pipeline run: ")]
+    assert len(lines) >= 4 and "/8 docs" in lines[0]  # 6 notes, an empty and a broken one
+    assert lines[-1].startswith("pipeline run: 8/8 docs")  # the failed one counted: full
+    assert out.stdout.count("\n") == 1  # stdout: the result line only
+
+
+def test_train_prints_no_trainer_metrics_on_stdout(tmp_path):
+    from tests.test_pipeline import make_corpus
+    from tests.tiny_models import tiny_bert_encoder
+
+    encoder = tiny_bert_encoder(tmp_path / "encoder")
+    corpus = make_corpus(tmp_path / "corpus", n=4, broken=False)
+    out = pipeline("train", "--corpus", str(corpus), "--encoder", str(encoder), "--out",
+                   str(tmp_path / "ens"), "--classes", "DISEASE", "--max-steps", "2")
+    assert out.returncode == 0, out.stderr
+    assert "train_runtime" not in out.stdout and "{" not in out.stdout, out.stdout
+    assert "train_runtime" in out.stderr  # in the log instead

@@ -188,3 +188,24 @@ def test_the_readme_recognizer_example_runs_as_a_script(tmp_path, tiny_ensemble,
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
+
+
+def test_run_with_the_vllm_engine_prints_only_its_result_on_stdout(tmp_path, tiny_ensemble,
+                                                                   tiny_llm):
+    """vLLM logs ~50 INFO lines to stdout of its own accord; by default they are kept to
+    warnings, and on stderr, so stdout carries the one result line."""
+    from tests.test_pipeline import make_corpus
+
+    make_corpus(tmp_path / "corpus", n=3, broken=False)
+    config = tmp_path / "llm.json"
+    config.write_text('{"dtype": "float32", "max_model_len": 2048}')
+    env = dict(os.environ, VLLM_CPU_NUM_OF_RESERVED_CPU="0", HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "pipeline", "run", "--ensemble", tiny_ensemble,
+                          "--input", tmp_path / "corpus", "--output", tmp_path / "out",
+                          "--llm", tiny_llm, "--llm-backend", "vllm", "--llm-config", config,
+                          "--stage1-threshold", "0.3"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = out.stdout.strip().splitlines()
+    assert "documents written" in line and "LLM calls" in line
+    assert "INFO" not in out.stderr, out.stderr[-3000:]

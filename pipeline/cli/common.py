@@ -52,6 +52,9 @@ MaxContextOption = Annotated[int | None, typer.Option(
 LlmLoraOption = Annotated[bool | None, typer.Option(
     "--llm-lora", help="vllm backend: serve a judge as its LoRA adapter on its base model, "
                        "so that several judges share one base.")]
+LenientOption = Annotated[bool, typer.Option(
+    help="Skip bad annotations (and unreadable documents), count and list them, instead of "
+         "stopping at the first.")]
 CacheDirOption = Annotated[Path | None, typer.Option(
     help="Character-probability and LLM-score cache (default: ENSEMBLE/cache).")]
 

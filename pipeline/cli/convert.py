@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
-from pipeline.cli.common import say_read
+from pipeline.cli.common import LenientOption, say_read
 from pipeline.errors import ReadReport
 from pipeline.readers import open_corpus
 from pipeline.writers import check_writable, write_corpus
@@ -21,7 +21,7 @@ def convert_command(
     output: Annotated[Path, typer.Option(help="Output file (tsv, jsonl) or folder (brat).")],
     format: Annotated[str, typer.Option(help="tsv, brat or jsonl.")] = "tsv",
     texts: Annotated[Path | None, typer.Option(help="Text folder of a TSV input.")] = None,
-    lenient: Annotated[bool, typer.Option(help="Skip and count bad annotations.")] = False,
+    lenient: LenientOption = False,
 ) -> None:
     """Convert a corpus to another format, checking every span against its text."""
     check_writable(output, folder=format == "brat")  # before reading a large corpus

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli import app
-from pipeline.cli.common import say_read
+from pipeline.cli.common import LenientOption, say_read
 from pipeline.corpus import load_spans
 from pipeline.documents import class_named
 from pipeline.errors import ReadReport
@@ -27,7 +27,7 @@ def evaluate_command(
         help="Score one class only: DISEASE, SYMPTOM or PROCEDURE (or its corpus label, "
              "e.g. ENFERMEDAD).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    lenient: Annotated[bool, typer.Option(help="Skip and count bad annotations.")] = False,
+    lenient: LenientOption = False,
 ) -> None:
     """Strict and character-overlap P/R/F1 with counts, per class, per language and pooled."""
     if entity is not None:  # the readers keep these classes only

@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
-from pipeline.cli.common import CacheDirOption, EnsemblePathOption, InferenceConfigOption, say_read
+from pipeline.cli.common import (
+    CacheDirOption,
+    EnsemblePathOption,
+    InferenceConfigOption,
+    LenientOption,
+    say_read,
+)
 
 
 @app.command("train-judge")
@@ -39,7 +45,7 @@ def train_judge_command(
         help="The --group-pattern the ensemble was trained with, if any.")] = None,
     cache_dir: CacheDirOption = None,
     inference_config: InferenceConfigOption = None,
-    lenient: Annotated[bool, typer.Option(help="Skip and count bad annotations.")] = False,
+    lenient: LenientOption = False,
     run_config: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False,
         help="The run configuration (TOML or JSON) that run, tune and ablate read: its "

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import app
-from pipeline.cli.common import say_read
+from pipeline.cli.common import LenientOption, say_read
 from pipeline.documents import CLASSES, class_named
 from pipeline.errors import PipelineError
 
@@ -25,7 +25,7 @@ def train_command(
     max_steps: Annotated[int | None, typer.Option(help="Override the config's max_steps.")] = None,
     group_pattern: Annotated[str | None, typer.Option(
         help="Regex whose group 1 names a document's group (translations of one case).")] = None,
-    lenient: Annotated[bool, typer.Option(help="Skip and count bad annotations.")] = False,
+    lenient: LenientOption = False,
 ) -> None:
     """Fine-tune one binary token classifier per class × encoder × fold.
 

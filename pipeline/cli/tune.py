@@ -15,6 +15,7 @@ from pipeline.cli.common import (
     ConfigOption,
     EnsemblePathOption,
     InferenceConfigOption,
+    LenientOption,
     LlmBackendOption,
     LlmConfigOption,
     LlmLoraOption,
@@ -27,6 +28,7 @@ from pipeline.cli.common import (
     llm_progress,
     progress_display,
     run_config,
+    say_read,
 )
 from pipeline.errors import PipelineError
 from pipeline.writers import atomic_write, check_writable
@@ -46,13 +48,18 @@ def check_gold(gold: Path, subset: str) -> None:
     parse_shard(subset, "--subset")
 
 
-def gold_documents(gold: Path, subset: str, classes):
+def gold_documents(gold: Path, subset: str, classes, lenient: bool = False):
+    from pipeline.errors import ReadReport
     from pipeline.readers import open_corpus
     from pipeline.run import parse_shard
     from pipeline.training import in_subset
 
     part = parse_shard(subset, "--subset")
-    docs = [d for d in open_corpus(gold, classes=tuple(classes)) if in_subset(d.id, part)]
+    report = ReadReport()
+    docs = [d for d in open_corpus(gold, classes=tuple(classes), lenient=lenient, report=report)
+            if in_subset(d.id, part)]
+    if report.skipped:
+        say_read(gold, report)
     if not docs:
         raise PipelineError(f"{gold}: no gold documents" +
                             (f" in --subset {subset}" if subset != "0/1" else ""))
@@ -91,6 +98,7 @@ def tune_command(
     llm_lora: LlmLoraOption = None,
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
+    lenient: LenientOption = False,
 ) -> None:
     """Sweep both thresholds jointly per class; write thresholds.json with the figures."""
     from pipeline.recognizer import char_cache, load_ensemble, load_llm
@@ -107,7 +115,7 @@ def tune_command(
     check_gold(gold, subset)
     check_writable(out)  # before hours of tuning, not after
     ens = load_ensemble(cfg.ensemble.path, cfg.ensemble.inference)
-    docs = gold_documents(gold, subset, ens.classes)  # before the (slow) LLM loads
+    docs = gold_documents(gold, subset, ens.classes, lenient)  # before the (slow) LLM loads
     cache = cfg.ensemble.cache_dir or cfg.ensemble.path / "cache"
     scorer = load_llm(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None, cache,
                       cfg.llm.prompt_and_backend())
@@ -163,6 +171,7 @@ def ablate_command(
     llm_lora: LlmLoraOption = None,
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
+    lenient: LenientOption = False,
 ) -> None:
     """Ensemble alone (paper's 0.8, tuned) vs re-ranked, per language × class, with counts."""
     from functools import partial
@@ -193,7 +202,7 @@ def ablate_command(
     ens = load_ensemble(cfg.ensemble.path, cfg.ensemble.inference)
     for th, source in zip(tuned, thresholds):
         th.check_classes(ens.classes, str(source))
-    docs = gold_documents(gold, subset, ens.classes)
+    docs = gold_documents(gold, subset, ens.classes, lenient)
     cache = cfg.ensemble.cache_dir or cfg.ensemble.path / "cache"
     names = judge_names(llms)
 
