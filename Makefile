@@ -39,9 +39,9 @@ lock:
 test: env
 	$(BIN)/python -m pytest -q
 ifeq ($(WITH_VLLM),1)
-	$(BIN)/python -m pytest -q -m "vllm or slow"
+	$(BIN)/python -m pytest -q -m "vllm or slow or browser"
 else
-	$(BIN)/python -m pytest -q -m "slow and not vllm"
+	$(BIN)/python -m pytest -q -m "(slow or browser) and not vllm"
 endif
 
 test-slow: env

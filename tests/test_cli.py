@@ -285,3 +285,18 @@ def test_train_prints_no_trainer_metrics_on_stdout(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "train_runtime" not in out.stdout and "{" not in out.stdout, out.stdout
     assert "train_runtime" in out.stderr  # in the log instead
+
+
+def test_a_bug_shows_its_traceback_and_asks_to_be_reported(tmp_path, monkeypatch):
+    import pipeline.cli.evaluate as command
+
+    gold = tmp_path / "g.tsv"
+    gold.write_text("filename\tlabel\tstart_span\tend_span\ttext\nd\tDISEASE\t0\t6\tx\n")
+
+    def broken(*args, **kwargs):
+        return {}["no such key"]
+
+    monkeypatch.setattr(command, "evaluate", broken)
+    out = pipeline("evaluate", "--gold", str(gold), "--pred", str(gold))
+    assert out.returncode == 1 and "Traceback" in out.stderr and "KeyError" in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("this is a bug in pipeline")

@@ -31,8 +31,10 @@ def quiet_libraries(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING
     os.environ.setdefault("VLLM_LOGGING_LEVEL", logging.getLevelName(level))
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    if not verbose:  # datasets' "Map: 100%" bars, read when it is first imported
+    if not verbose:  # datasets' "Map: 100%" and transformers' "Loading weights" bars,
+        # read when each is first imported
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name in CHATTY:
         logging.getLogger(name).setLevel(level)
 
@@ -72,7 +74,7 @@ def _register() -> None:
         from pipeline.cli import train  # noqa: F401
     except ImportError:  # pragma: no cover - stage 1 not installed
         pass
-    for name in ("run", "tune", "judge"):
+    for name in ("run", "tune", "judge", "report"):
         try:
             __import__(f"pipeline.cli.{name}")
         except ImportError:
