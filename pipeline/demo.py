@@ -162,7 +162,7 @@ def main() -> None:
     step("6. ablation: does the re-ranker help, zero-shot or trained?")
     report = ablate(test_docs, ensemble,
                     [Judge(f"reranked[{name}]@tuned", s, th) for name, (s, th) in tuned_for.items()],
-                    char_cache=cache)
+                    char_cache=cache, curves=True)
     (out / "ablation.json").write_text(json.dumps(report, indent=2))
     text = markdown(report)
     (out / "ablation.md").write_text(text)
@@ -172,6 +172,16 @@ def main() -> None:
                     or "candidates" in line or line.count("|") == 7))
     print(f"\n(the full table, per language, is in {out / 'ablation.md'}; {len(pooled)} rows "
           "pooled over languages above)")
+
+    step("7. the error-analysis page of the re-ranked run (pipeline report)")
+    from pipeline.corpus import load_spans
+    from pipeline.report import build_report
+
+    page = build_report(test_docs, load_spans(out / "run")[0], ablation=report,
+                        thresholds=json.loads((out / "thresholds_judge.json").read_text()),
+                        heatmap=out / "thresholds_judge.png", title="make demo: the re-ranked run")
+    (out / "report.html").write_text(page, encoding="utf-8")
+    print(f"   {out / 'report.html'}: open it in a browser")
     step(f"done; outputs in {out}")
 
 

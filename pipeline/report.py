@@ -74,7 +74,8 @@ def judge_spans(gold: Sequence[Span], pred: Sequence[Span]) -> list[Judged]:
 
 
 def render(doc: Document | str, spans: Iterable[Span] = (), gold: Iterable[Span] = (),
-           *, judged: Sequence[Judged] | None = None, style: bool = True) -> str:
+           *, judged: Sequence[Judged] | None = None, style: bool = True,
+           titles: bool = True) -> str:
     """The text with its spans highlighted, as an HTML fragment (with its own styles).
     Predictions are shaded in their class's colour, gold spans underlined; where gold is
     given, each is marked with what it is (exact, boundary, ... ; missed), and its scores
@@ -93,17 +94,13 @@ def render(doc: Document | str, spans: Iterable[Span] = (), gold: Iterable[Span]
         if not covering:
             parts.append(piece)
             continue
-        preds = [j for j in covering if j.kind == "pred"]
-        golds = [j for j in covering if j.kind == "gold"]
-        style = []
-        if preds:
-            style.append(f"background:{COLOURS.get(preds[0].span.label, '#999')}33")
-        if golds:
-            style.append(f"border-bottom:2px solid {COLOURS.get(golds[0].span.label, '#999')}")
-        classes = " ".join(sorted({f"t-{j.type.replace(' ', '-')}" for j in covering if j.type}))
-        tip = "; ".join(describe(j, text) for j in covering)
-        parts.append(f'<span class="m {classes}" style="{";".join(style)}" '
-                     f'data-s="{a}" data-e="{b}" title="{html.escape(tip)}">{piece}</span>')
+        # p-/g-CLASS: shaded / underlined in the class's colour (STYLE); t-TYPE: framed
+        marks = {f"{j.kind[0]}-{css_name(j.span.label)}" for j in covering}
+        marks |= {f"t-{css_name(j.type)}" for j in covering if j.type}
+        tip = "; ".join(describe(j, text) for j in covering)  # the page makes it on hover
+        title = f' title="{html.escape(tip)}"' if titles else ""
+        parts.append(f'<span class="m {" ".join(sorted(marks))}" data-s="{a}" data-e="{b}"'
+                     f'{title}>{piece}</span>')
     return f'<div class="doc-text">{"".join(parts)}</div>'
 
 
@@ -116,10 +113,19 @@ def describe(j: Judged, text: str) -> str:
     return f"{j.kind} {s.label} {s.start}-{s.end}{what}{scores}: {text[s.start:s.end]!r}"
 
 
+def css_name(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name)
+
+
 STYLE = ("<style>.doc-text{white-space:pre-wrap;font-family:sans-serif;line-height:1.9}"
          ".doc-text .m{border-radius:2px}.doc-text .t-boundary,.doc-text .t-wrong-class{"
          "outline:1px dashed #b58900}.doc-text .t-spurious{outline:1px dotted #d33682}"
-         ".doc-text .t-missed{outline:1px solid #d33682}</style>")
+         ".doc-text .t-missed{outline:1px solid #d33682}"
+         ".doc-text [class*=' p-']{background:#9993}"
+         ".doc-text [class*=' g-']{border-bottom:2px solid #999}"
+         + "".join(f".doc-text .p-{c}{{background:{colour}33}}"
+                   f".doc-text .g-{c}{{border-bottom:2px solid {colour}}}"
+                   for c, colour in COLOURS.items()) + "</style>")
 
 
 def page_data(docs: Sequence[Document], pred: Iterable[Span]) -> dict:
@@ -141,7 +147,8 @@ def page_data(docs: Sequence[Document], pred: Iterable[Span]) -> dict:
             if j.type not in (EXACT, FOUND):
                 frequent[j.type][(j.span.label, doc.text[j.span.start:j.span.end])] += 1
         out_docs.append({"id": doc.id, "lang": doc.lang, "class": doc.entity_class,
-                         "text": doc.text, "html": render(doc, judged=judged, style=False),
+                         "text": doc.text,
+                         "html": render(doc, judged=judged, style=False, titles=False),
                          "spans": spans})
     return {"documents": out_docs,
             "frequent": {t: [{"label": lab, "text": txt, "count": n}
@@ -229,11 +236,19 @@ def summary_html(figures: dict, counts: dict) -> str:
 
 
 def ablation_html(report: dict) -> str:
-    return "<h2>Ablation</h2>" + table(
-        ("system", "class", "lang", "strict F1", "char P", "char R", "char F1", "gold", "pred"),
-        [(r["system"], r["class"], r["language"], f"{r['strict_f1']:.4f}",
-          f"{r['char_precision']:.4f}", f"{r['char_recall']:.4f}", f"{r['char_f1']:.4f}",
-          r["char_n_gold"], r["char_n_pred"]) for r in report.get("rows", [])])
+    """The rows pooled over languages; all of them (per language too) folded below."""
+    def rows_table(rows):
+        return table(("system", "class", "lang", "strict F1", "char P", "char R", "char F1",
+                      "gold", "pred"),
+                     [(r["system"], r["class"], r["language"], f"{r['strict_f1']:.4f}",
+                       f"{r['char_precision']:.4f}", f"{r['char_recall']:.4f}",
+                       f"{r['char_f1']:.4f}", r["char_n_gold"], r["char_n_pred"])
+                      for r in rows])
+
+    rows = report.get("rows", [])
+    return ("<h2>Ablation</h2>" + rows_table([r for r in rows if r["language"] == "all"])
+            + f"<details><summary>every row, per language too ({len(rows)})</summary>"
+            + rows_table(rows) + "</details>")
 
 
 def thresholds_html(th: dict) -> str:
@@ -254,10 +269,11 @@ def frequent_html(frequent: dict) -> str:
     parts = []
     for t in (*PREDICTION_TYPES, *GOLD_TYPES):
         if frequent.get(t):
-            parts.append(f"<h3>{html.escape(t)}</h3>" + table(
+            parts.append(f"<div><h3>{html.escape(t)}</h3>" + table(
                 ("class", "text", "times"),
-                [(f["label"], f["text"], f["count"]) for f in frequent[t]]))
-    return "".join(parts)
+                [(f["label"], f["text"], f["count"]) for f in frequent[t]]) + "</div>")
+    return f'<div class="row">{"".join(parts)}</div>'
+
 
 
 PAGE = """<!DOCTYPE html>
@@ -268,7 +284,8 @@ table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padd
 font-size:13px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
 img{{max-width:100%}}.doc{{border-top:1px solid #ddd;padding:.6em 0}}
 .doc h4{{margin:.2em 0;font-size:13px;color:#555}}#controls *{{margin-right:.6em}}
-.legend span{{padding:0 .4em;margin-right:.5em}}
+.legend span{{padding:0 .4em;margin-right:.5em}}.row{{display:flex;flex-wrap:wrap;gap:1.5em}}
+.row h3{{margin:.3em 0;font-size:14px}}
 </style>{style}</head><body>
 <h1>{title}</h1>
 <h2>Figures</h2>{summary}{ablation}{thresholds}{images}
@@ -348,6 +365,20 @@ function toAddress() {{
   for (const [key, id] of FILTERS) if ($(id).value) p.set(key, $(id).value);
   history.replaceState(null, "", "#" + p.toString());
 }}
+// what a mention is, shown on hover (kept out of the HTML: it would double the page)
+const BY_ID = new Map(DATA.documents.map((d) => [d.id, d]));
+$("docs").addEventListener("mouseover", (event) => {{
+  const m = event.target.closest(".m");
+  if (!m || m.title) return;
+  const d = BY_ID.get(m.closest(".doc").dataset.id);
+  const s = +m.dataset.s, e = +m.dataset.e;
+  const chars = [...d.text];  // characters, as the offsets count them
+  m.title = d.spans.filter((x) => x.start <= s && e <= x.end).map((x) =>
+    x.kind + " " + x.label + " " + x.start + "-" + x.end + (x.type ? " " + x.type : "") +
+    (x.s1 !== null ? ", stage 1 " + x.s1.toFixed(3) : "") +
+    (x.s2 !== null ? ", stage 2 " + x.s2.toFixed(3) : "") + ": " +
+    JSON.stringify(chars.slice(x.start, x.end).join(""))).join("; ");
+}});
 function update() {{ toAddress(); shown = DATA.documents.filter(matches); page = 0; draw(); }}
 for (const [, id] of FILTERS) $(id).addEventListener(id === "f-search" ? "input" : "change", update);
 $("prev").addEventListener("click", () => {{ page = Math.max(0, page - 1); draw(); }});

@@ -25,6 +25,9 @@ def report_command(
         help="thresholds.json from `pipeline tune`: the thresholds, what they reached, and "
              "the heat map written beside it.")] = None,
     title: Annotated[str, typer.Option(help="The page's title.")] = "Error analysis",
+    subset: Annotated[str, typer.Option(
+        help="i/n: only this share of the gold documents (by document group, as tune and "
+             "ablate take it), e.g. the share the run was on.")] = "0/1",
     lenient: LenientOption = False,
 ) -> None:
     """One HTML page, to open in any browser offline: the official figures, the errors by
@@ -34,12 +37,16 @@ def report_command(
     from pipeline.errors import ReadReport
     from pipeline.readers import open_corpus
     from pipeline.report import build_report
+    from pipeline.run import parse_shard
+    from pipeline.training import in_subset
     from pipeline.writers import atomic_write, check_writable
 
     check_writable(out)
     start = time.perf_counter()
     reports = {gold: ReadReport(), pred: ReadReport()}
-    docs = list(open_corpus(gold, lenient=lenient, report=reports[gold]))
+    part = parse_shard(subset, "--subset")
+    docs = [d for d in open_corpus(gold, lenient=lenient, report=reports[gold])
+            if in_subset(d.id, part)]
     spans, _ = load_spans(pred, lenient=lenient, report=reports[pred])
     for source, report in reports.items():
         if report.skipped:
