@@ -175,9 +175,10 @@ def main() -> None:
 
     step("7. the error-analysis page of the re-ranked run (pipeline report)")
     from pipeline.corpus import load_spans
-    from pipeline.report import build_report
+    from pipeline.report import build_report, dropped_candidates
 
-    page = build_report(test_docs, load_spans(out / "run")[0], ablation=report,
+    page = build_report(test_docs, load_spans(out / "run")[0],
+                        dropped=dropped_candidates(out / "run"), ablation=report,
                         thresholds=json.loads((out / "thresholds_judge.json").read_text()),
                         heatmap=out / "thresholds_judge.png", title="make demo: the re-ranked run")
     (out / "report.html").write_text(page, encoding="utf-8")

@@ -94,8 +94,9 @@ def two_stages(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresh
                char_cache: CharProbCache | None = None, seconds: dict[str, float] | None = None,
                too_long: list[int] | None = None,
                ) -> tuple[list[list[Span]], list[list[Span]]]:
-    """Stage-1 candidates and kept spans of each document (none for a text of whitespace
-    only). Without a scorer every candidate is kept. ``seconds`` (if given) adds up the time
+    """Stage-1 candidates (with the LLM's scores, where it was asked) and kept spans of
+    each document (none for a text of whitespace only). Without a scorer every candidate
+    is kept. ``seconds`` (if given) adds up the time
     of each stage under "stage1" and "stage2"; ``too_long`` (if given) is as in `rerank`."""
     live = [i for i, d in enumerate(docs) if d.text.strip()]
     some = [docs[i] for i in live]
@@ -103,8 +104,9 @@ def two_stages(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresh
     found = propose(some, char_probabilities(some, ensemble, char_cache), thresholds)
     t1 = time.perf_counter()
     skipped = [0] * len(some)
-    kept = found if scorer is None else \
-        [keep(spans, thresholds) for spans in rerank(some, found, scorer, thresholds, skipped)]
+    if scorer is not None:  # the candidates with their stage-2 scores
+        found = rerank(some, found, scorer, thresholds, skipped)
+    kept = found if scorer is None else [keep(spans, thresholds) for spans in found]
     if seconds is not None:
         seconds["stage1"] += t1 - t0
         seconds["stage2"] += time.perf_counter() - t1

@@ -25,14 +25,18 @@ from pipeline.metrics import evaluate
 EXACT, BOUNDARY, WRONG_CLASS, SPURIOUS = "exact", "boundary", "wrong class", "spurious"
 # What a gold span is, against the predictions
 FOUND, PARTLY, MISSED = "found", "partly found", "missed"
+# A candidate the judge turned down: a gold span's class and offsets, or not
+DROPPED_RIGHT, DROPPED = "dropped but right", "dropped"
 PREDICTION_TYPES = (EXACT, BOUNDARY, WRONG_CLASS, SPURIOUS)
 GOLD_TYPES = (FOUND, PARTLY, MISSED)
+DROPPED_TYPES = (DROPPED_RIGHT, DROPPED)
 COLOURS = {"DISEASE": "#e4572e", "SYMPTOM": "#17a398", "PROCEDURE": "#5b5fc7"}
 
 
 @dataclass(frozen=True)
 class Judged:
-    """A span with what it is: ``kind`` "pred" or "gold", ``type`` one of the types above."""
+    """A span with what it is: ``kind`` "pred", "gold" or "dropped" (a candidate the
+    judge turned down), ``type`` one of the types above."""
 
     span: Span
     kind: str
@@ -43,11 +47,13 @@ def overlaps(a: Span, b: Span) -> bool:
     return a.start < b.end and b.start < a.end
 
 
-def judge_spans(gold: Sequence[Span], pred: Sequence[Span]) -> list[Judged]:
-    """Each prediction (de-duplicated, as the metrics count them) and each gold span of one
-    document with its type. A prediction is exact (its class and offsets are a gold
-    span's), a boundary error (it overlaps a gold span of its class), of the wrong class (it
-    overlaps gold of another class only) or spurious (it overlaps no gold)."""
+def judge_spans(gold: Sequence[Span], pred: Sequence[Span],
+                dropped: Sequence[Span] = ()) -> list[Judged]:
+    """Each prediction (de-duplicated, as the metrics count them), each gold span and each
+    candidate the judge dropped, of one document, with its type. A prediction is exact
+    (its class and offsets are a gold span's), a boundary error (it overlaps a gold span
+    of its class), of the wrong class (it overlaps gold of another class only) or spurious
+    (it overlaps no gold)."""
     pred = list({s.key: s for s in pred}.values())
     exact = {s.key for s in gold}
     out = []
@@ -70,6 +76,8 @@ def judge_spans(gold: Sequence[Span], pred: Sequence[Span]) -> list[Judged]:
         else:
             kind = MISSED
         out.append(Judged(g, "gold", kind))
+    for d in {s.key: s for s in dropped}.values():
+        out.append(Judged(d, "dropped", DROPPED_RIGHT if d.key in exact else DROPPED))
     return out
 
 
@@ -123,28 +131,35 @@ STYLE = ("<style>.doc-text{white-space:pre-wrap;font-family:sans-serif;line-heig
          ".doc-text .t-missed{outline:1px solid #d33682}"
          ".doc-text [class*=' p-']{background:#9993}"
          ".doc-text [class*=' g-']{border-bottom:2px solid #999}"
+         ".doc-text [class*=' d-']{text-decoration:line-through #999}"
          + "".join(f".doc-text .p-{c}{{background:{colour}33}}"
                    f".doc-text .g-{c}{{border-bottom:2px solid {colour}}}"
+                   f".doc-text .d-{c}{{text-decoration:line-through {colour}}}"
                    for c, colour in COLOURS.items()) + "</style>")
 
 
-def page_data(docs: Sequence[Document], pred: Iterable[Span]) -> dict:
+def page_data(docs: Sequence[Document], pred: Iterable[Span],
+              dropped: Iterable[Span] = ()) -> dict:
     """What the page shows, as plain data: per document its text's HTML, its spans with
     their types and scores; the counts per class and type; the most frequent errors."""
     pred_by: dict[str, list[Span]] = defaultdict(list)
     for s in pred:
         pred_by[s.doc_id].append(s)
+    dropped_by: dict[str, list[Span]] = defaultdict(list)
+    for s in dropped:
+        dropped_by[s.doc_id].append(s)
     out_docs, frequent = [], defaultdict(Counter)
     for doc in docs:
-        own = pred_by.get(doc.id, [])
+        own, turned_down = pred_by.get(doc.id, []), dropped_by.get(doc.id, [])
         if doc.entity_class:  # a text of one class: predictions of its class only count
             own = [s for s in own if s.label == doc.entity_class]
-        judged = judge_spans(doc.spans, own)
+            turned_down = [s for s in turned_down if s.label == doc.entity_class]
+        judged = judge_spans(doc.spans, own, turned_down)
         spans = [{"kind": j.kind, "type": j.type, "label": j.span.label,
                   "start": j.span.start, "end": j.span.end, "s1": j.span.stage1_score,
                   "s2": j.span.stage2_score} for j in judged]
         for j in judged:
-            if j.type not in (EXACT, FOUND):
+            if j.type not in (EXACT, FOUND, DROPPED):
                 frequent[j.type][(j.span.label, doc.text[j.span.start:j.span.end])] += 1
         out_docs.append({"id": doc.id, "lang": doc.lang, "class": doc.entity_class,
                          "text": doc.text,
@@ -164,7 +179,8 @@ def counts_of(data: dict) -> dict:
         for s in doc["spans"]:
             c = out[s["label"]]
             c[s["type"]] += 1
-            c["n_pred" if s["kind"] == "pred" else "n_gold"] += 1
+            if s["kind"] != "dropped":  # not a prediction: the metrics never see it
+                c["n_pred" if s["kind"] == "pred" else "n_gold"] += 1
     for c in out.values():
         c["tp"] = c[EXACT]
         c["fp"] = c["n_pred"] - c[EXACT]
@@ -179,7 +195,18 @@ def png_data(figure_writer, *args) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def dropped_candidates(run: Path) -> list[Span]:
+    """The candidates the judge turned down in the run of output folder ``run`` (its part
+    files record them; a run without an LLM, or an older one, has none)."""
+    from pipeline.run import iter_records
+
+    return [Span(r["id"], d["label"], d["start"], d["end"], d.get("stage1_score"),
+                 d.get("stage2_score"))
+            for r in iter_records([Path(run)]) for d in r.get("dropped", ())]
+
+
 def build_report(docs: Sequence[Document], pred: Sequence[Span], *,
+                 dropped: Sequence[Span] = (),
                  ablation: dict | None = None, thresholds: dict | None = None,
                  heatmap: Path | None = None, title: str = "Error analysis",
                  lang_of: dict | None = None, page_size: int = 25) -> str:
@@ -190,7 +217,7 @@ def build_report(docs: Sequence[Document], pred: Sequence[Span], *,
 
     gold = [s for d in docs for s in d.spans]
     figures = evaluate(gold, pred, lang_of=lang_of or {d.id: d.lang for d in docs}).as_dict()
-    data = page_data(docs, pred)
+    data = page_data(docs, pred, dropped)
     data["summary"] = figures
     data["counts"] = counts_of(data)
     data["thresholds"] = thresholds
@@ -229,9 +256,10 @@ def summary_html(figures: dict, counts: dict) -> str:
                      *(r["strict"][k] for k in ("tp", "fp", "fn")),
                      *(f"{r['char_f1'][k]:.4f}" for k in ("precision", "recall", "f1")),
                      r["char_f1"]["n_gold"], r["char_f1"]["n_pred"]) for name, r in rows])
-    types = table(("class", *PREDICTION_TYPES, *GOLD_TYPES),
-                  [(cls, *(c.get(t, 0) for t in (*PREDICTION_TYPES, *GOLD_TYPES)))
-                   for cls, c in counts.items()])
+    shown = (*PREDICTION_TYPES, *GOLD_TYPES) + \
+        (DROPPED_TYPES if any(c.get(t) for c in counts.values() for t in DROPPED_TYPES) else ())
+    types = table(("class", *shown), [(cls, *(c.get(t, 0) for t in shown))
+                                      for cls, c in counts.items()])
     return scores + "<h2>Predictions and gold spans by type</h2>" + types
 
 
@@ -267,7 +295,7 @@ def thresholds_html(th: dict) -> str:
 
 def frequent_html(frequent: dict) -> str:
     parts = []
-    for t in (*PREDICTION_TYPES, *GOLD_TYPES):
+    for t in (*PREDICTION_TYPES, *GOLD_TYPES, DROPPED_RIGHT):
         if frequent.get(t):
             parts.append(f"<div><h3>{html.escape(t)}</h3>" + table(
                 ("class", "text", "times"),
@@ -294,13 +322,15 @@ img{{max-width:100%}}.doc{{border-top:1px solid #ddd;padding:.6em 0}}
 <p class="legend">Shaded: predicted (<span style="background:#e4572e33">DISEASE</span>
 <span style="background:#17a39833">SYMPTOM</span><span style="background:#5b5fc733">PROCEDURE
 </span>); underlined: gold. Dashed frame: boundary error or wrong class; dotted: spurious;
-solid: missed. Hover a mention for its scores.</p>
+solid: missed; struck through: a candidate the judge dropped. Hover a mention for its
+scores.</p>
 <div id="controls">
 <label>class <select id="f-class"><option value="">all</option></select></label>
 <label>language <select id="f-lang"><option value="">all</option></select></label>
 <label>type <select id="f-type"><option value="">all</option></select></label>
 <label>judge <select id="f-judge"><option value="">any</option>
-<option value="kept-wrong">kept by the judge but wrong</option></select></label>
+<option value="kept-wrong">kept by the judge but wrong</option>
+<option value="dropped-right">dropped by the judge but right</option></select></label>
 <label>search <input id="f-search" placeholder="document id or text"></label>
 <button id="prev">previous</button><span id="where"></span><button id="next">next</button>
 </div>
@@ -332,6 +362,8 @@ function matches(d) {{
   if (type && !spans.some((s) => s.type === type)) return false;
   if (judge === "kept-wrong" && !spans.some((s) => s.kind === "pred" && s.s2 !== null &&
                                             s.type !== "exact")) return false;
+  if (judge === "dropped-right" && !spans.some((s) => s.type === "dropped but right"))
+    return false;
   return true;
 }}
 function draw() {{

@@ -133,6 +133,12 @@ def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thr
         record["llm_asked"] = 0 if scorer is None else sum(needs_llm(s, thresholds) for s in found)
         if n:
             record["too_long"] = n
+        kept_keys = {s.key for s in spans}
+        dropped = [s for s in found if s.key not in kept_keys]
+        if dropped:  # what the judge turned down, for error analysis (pipeline report)
+            record["dropped"] = [{"label": s.label, "start": s.start, "end": s.end,
+                                  "stage1_score": s.stage1_score,
+                                  "stage2_score": s.stage2_score} for s in dropped]
         records.append(record)
     return records
 

@@ -153,6 +153,12 @@ def test_rerank_keeps_spans_above_the_stage2_threshold(tmp_path, tiny_ensemble, 
     summary = run(tmp_path, tiny_ensemble, scorer=scorer, out="out2",
                   th=Thresholds.uniform(0.5, cut))
     assert summary.kept == sum(p >= cut for p in scores)
+    # what the judge turned down is in the parts, with its scores (for pipeline report)
+    from pipeline.report import dropped_candidates
+
+    dropped = dropped_candidates(tmp_path / "out2")
+    assert len(dropped) == summary.candidates - summary.kept > 0
+    assert all(d.stage2_score < cut for d in dropped)
     routed = Thresholds.model_validate({"default": {"stage1": 0.5, "stage2": 1.0, "route": 0.0}})
     summary = run(tmp_path, tiny_ensemble, scorer=scorer, out="out3", th=routed)
     assert summary.llm_calls == 0 and summary.kept == summary.candidates

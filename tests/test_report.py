@@ -40,6 +40,12 @@ def nasty_document() -> tuple[Document, list[Span]]:
     return Document("n", NASTY, lang="es", spans=gold), pred
 
 
+def dropped_of_nasty() -> list[Span]:
+    """What a judge turned down: "tos" (a gold span: wrongly) and "Paciente" (rightly)."""
+    return [Span("n", "SYMPTOM", NASTY.index("tos"), NASTY.index("tos") + 3, 0.5, 0.2),
+            Span("n", "SYMPTOM", 0, 8, 0.4, 0.1)]
+
+
 class Segments(HTMLParser):
     """The highlighted pieces of ``render``'s HTML: (start, end, text shown)."""
 
@@ -91,6 +97,9 @@ def test_each_prediction_and_gold_span_gets_its_type():
     assert types[("gold", "disnea", "SYMPTOM")] == "partly found"
     assert types[("gold", "<script>", "DISEASE")] == "missed"
     assert types[("gold", "tos", "SYMPTOM")] == "missed"
+    dropped = {NASTY[j.span.start:j.span.end]: j.type
+               for j in judge_spans(doc.spans, pred, dropped_of_nasty()) if j.kind == "dropped"}
+    assert dropped == {"tos": "dropped but right", "Paciente": "dropped"}
 
 
 def embedded(page: str) -> dict:
@@ -178,7 +187,8 @@ def test_in_a_real_browser_the_filters_change_what_is_shown(tmp_path):
                      spans=[Span("plain", "SYMPTOM", 0, 14)])
     pred.append(Span("plain", "SYMPTOM", 0, 14))
     page = tmp_path / "report.html"
-    page.write_text(build_report([doc, other], pred), encoding="utf-8")
+    page.write_text(build_report([doc, other], pred, dropped=dropped_of_nasty()),
+                    encoding="utf-8")
 
     def shown(address: str = "") -> list[str]:
         dom, log = dump(browser, page, address)
@@ -190,6 +200,7 @@ def test_in_a_real_browser_the_filters_change_what_is_shown(tmp_path):
     assert shown("#lang=en") == ["plain"]
     assert shown("#q=tor%C3%A1cico") == ["plain"]
     assert shown("#judge=kept-wrong") == []  # no prediction here has a stage-2 score but 0.8
+    assert shown("#judge=dropped-right") == ["n"]  # "tos"
     dom, _ = dump(browser, page)
     assert "&lt;script&gt;" in dom and "alert(1)&lt;/script&gt;" in dom  # text, run as nothing
     shot = tmp_path / "report.png"

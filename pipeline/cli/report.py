@@ -36,7 +36,7 @@ def report_command(
     from pipeline.corpus import load_spans
     from pipeline.errors import ReadReport
     from pipeline.readers import open_corpus
-    from pipeline.report import build_report
+    from pipeline.report import build_report, dropped_candidates
     from pipeline.run import parse_shard
     from pipeline.training import in_subset
     from pipeline.writers import atomic_write, check_writable
@@ -54,8 +54,10 @@ def report_command(
     abl = json.loads((ablation / "ablation.json").read_text(encoding="utf-8")) \
         if ablation else None
     th = json.loads(thresholds.read_text(encoding="utf-8")) if thresholds else None
-    page = build_report(docs, spans, ablation=abl, thresholds=th, title=title,
+    dropped = dropped_candidates(pred) if (pred / "parts").is_dir() else []
+    page = build_report(docs, spans, dropped=dropped, ablation=abl, thresholds=th, title=title,
                         heatmap=thresholds.with_suffix(".png") if thresholds else None)
     atomic_write(out, page)
     typer.echo(f"wrote {out}: {len(docs)} documents, {len(spans)} predicted spans, "
+               f"{len(dropped)} candidates the judge dropped, "
                f"{len(page.encode()) / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s")
