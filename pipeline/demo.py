@@ -44,6 +44,7 @@ def main() -> None:
     from pipeline.cli import quiet_libraries
 
     quiet_libraries(verbose=False)  # as the pipeline command: the steps' lines, not vLLM's
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # nor a bar a model loaded
 
     from pipeline.ablate import Judge, ablate, markdown
     from pipeline.cli.evaluate import print_table

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import sys
 
 
@@ -19,7 +20,10 @@ def run_cli(*args: object) -> tuple[int, str, str]:
     handler = logging.StreamHandler(err)  # what main's logging would print on stderr
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    old_argv, old_level = sys.argv, root.level
+    old_argv, old_level, old_env = sys.argv, root.level, dict(os.environ)
+    from pipeline.cli import CHATTY
+
+    old_levels = {name: logging.getLogger(name).level for name in CHATTY}
     sys.argv = ["pipeline", *map(str, args)]
     root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -29,8 +33,12 @@ def run_cli(*args: object) -> tuple[int, str, str]:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
+    finally:  # what the command set for its own process, undone for the next test
         sys.argv = old_argv
         root.removeHandler(handler)
         root.setLevel(old_level)
+        os.environ.clear()
+        os.environ.update(old_env)
+        for name, level in old_levels.items():
+            logging.getLogger(name).setLevel(level)
     return code, out.getvalue(), err.getvalue()

@@ -31,10 +31,8 @@ def quiet_libraries(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING
     os.environ.setdefault("VLLM_LOGGING_LEVEL", logging.getLevelName(level))
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    if not verbose:  # datasets' "Map: 100%" and transformers' "Loading weights" bars,
-        # read when each is first imported
+    if not verbose:  # datasets' "Map: 100%" bars, read when it is first imported
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name in CHATTY:
         logging.getLogger(name).setLevel(level)
 
