@@ -181,7 +181,8 @@ def test_the_readme_recognizer_example_runs_as_a_script(tmp_path, tiny_ensemble,
                        ("runs/demo/cache", tmp_path / "cache")):
         assert f'"{demo}"' in code
         code = code.replace(f'"{demo}"', repr(str(here)))
-    code = code.replace("Recognizer.load(", "Recognizer.load(dtype='float32', ", 1)
+    assert code.count("cache_dir=") == 1
+    code = code.replace("cache_dir=", "dtype='float32', cache_dir=")
     (tmp_path / "example.py").write_text(code)
     env = dict(os.environ, VLLM_CPU_NUM_OF_RESERVED_CPU="0", HF_HUB_OFFLINE="1")
     out = subprocess.run([sys.executable, str(tmp_path / "example.py")], cwd=tmp_path,
