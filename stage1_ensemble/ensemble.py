@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stage1_ensemble.cache import CharProbCache
 from stage1_ensemble.config import InferenceConfig, load_config
-from stage1_ensemble.infer import labels_problem, pick_device, use_bf16
+from stage1_ensemble.infer import pick_device, use_bf16
+from stage1_ensemble.kinds import kind_named
 from stage1_ensemble.project import Projection
 
 MANIFEST = "ensemble.json"
@@ -38,18 +39,21 @@ def model_folder_problem(path: Path) -> str | None:
 class Member(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # (the fields keep their order: the manifest's JSON, and so its identity, depends on it)
     name: str
     entity_class: str
-    fold: int
-    n_folds: int
-    encoder: str
+    fold: int = 0  # the fold it held out, of n_folds (a member not trained by folds: 0 of 1)
+    n_folds: int = 1
+    encoder: str = ""
     path: str  # relative to the ensemble folder
-    tokenizer: str
+    tokenizer: str = ""
     # in the class's weighted mean; a member to leave out is removed, not weighted 0
     weight: float = Field(1.0, gt=0, allow_inf_nan=False)
     config: dict = Field(default_factory=dict)
     validation: dict = Field(default_factory=dict)  # scores on the held-out fold
     train_documents: int = 0
+    # what loads it (stage1_ensemble.kinds); manifests from before kinds are all binary
+    kind: str = "binary"
 
 
 class Manifest(BaseModel):
@@ -65,8 +69,11 @@ class Manifest(BaseModel):
     planned: list[str] = Field(default_factory=list)
 
     def identity(self) -> str:
-        """A hash that changes when any member or weight changes (the cache key)."""
-        return hashlib.sha256(self.model_dump_json(exclude={"planned"}).encode()).hexdigest()[:16]
+        """A hash that changes when any member or weight changes (the cache key). A binary
+        member's kind is left out, so that manifests from before kinds keep their keys."""
+        exclude = {"planned": True, "members": {i: {"kind"} for i, m in enumerate(self.members)
+                                                if m.kind == "binary"}}
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
     def unfinished(self) -> list[str]:
         """The planned members that are not in the manifest (yet)."""
@@ -113,12 +120,14 @@ class Ensemble:
             if not path.is_dir():
                 raise FileNotFoundError(f"{Path(folder) / MANIFEST}: member {m.name!r} has no "
                                         f"model at {path}")
-            problem = model_folder_problem(path)
-            if problem:
-                raise FileNotFoundError(f"{Path(folder) / MANIFEST}: member {m.name!r}: {problem}")
-            problem = labels_problem(path)
-            if problem:
-                raise ValueError(f"{Path(folder) / MANIFEST}: member {m.name!r}: {problem}")
+            try:
+                kind = kind_named(m.kind)
+                problem = kind.problem(path)
+                if problem:
+                    raise FileNotFoundError(problem)
+                kind.check(path)
+            except (FileNotFoundError, ValueError) as exc:
+                raise type(exc)(f"{Path(folder) / MANIFEST}: member {m.name!r}: {exc}") from None
             if m.entity_class not in manifest.classes:
                 raise ValueError(f"{Path(folder) / MANIFEST}: member {m.name!r} is for "
                                  f"{m.entity_class!r}, not one of {manifest.classes}")
@@ -163,9 +172,8 @@ class Ensemble:
     def runner(self, member: Member):
         """The member's model, loaded on first use and kept."""
         if member.name not in self._runners:
-            from stage1_ensemble.infer import MemberRunner
-
-            self._runners[member.name] = MemberRunner.load(self.folder / member.path, self.config)
+            self._runners[member.name] = kind_named(member.kind).load(
+                self.folder / member.path, self.config, member.entity_class)
         return self._runners[member.name]
 
     def load_models(self) -> None:
@@ -186,9 +194,14 @@ class Ensemble:
         members = {cls: self.members_of(cls) for cls in classes}
         total_weight = {cls: sum(m.weight for m in members[cls]) for cls in classes}
         groups: dict[str, list[Member]] = {}
+        on_chars: list[Member] = []  # members that give characters directly (no windows)
         for cls in classes:
             for m in members[cls]:
-                groups.setdefault(self.runner(m).tokenizer_key, []).append(m)
+                key = getattr(self.runner(m), "tokenizer_key", None)
+                if key is None:
+                    on_chars.append(m)
+                else:
+                    groups.setdefault(key, []).append(m)
         out: list[dict[str, np.ndarray]] = [{} for _ in texts]
         for group in groups.values():
             windows = self.runner(group[0]).windows(texts)
@@ -203,6 +216,12 @@ class Ensemble:
                 chars = projection.chars([t / total_weight[cls] for t in total])
                 for i, c in enumerate(chars):
                     out[i][cls] = c if cls not in out[i] else out[i][cls] + c
+        for m in on_chars:
+            share = m.weight / total_weight[m.entity_class]
+            for i, c in enumerate(self.runner(m).char_probs(texts)):
+                c = (c * share).astype(np.float32)
+                out[i][m.entity_class] = c if m.entity_class not in out[i] else \
+                    out[i][m.entity_class] + c
         return out
 
     def members_of(self, cls: str) -> list[Member]:
