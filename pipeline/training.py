@@ -145,11 +145,13 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
     with folder_lock(out, "pipeline train"):
         corpus_hash = corpus_data_hash(docs)
         manifest_path = out / "ensemble.json"
+        added: list[Member] = []  # members of other kinds (`pipeline ensemble add`): kept
         if manifest_path.exists():
             old = read_manifest(out)
             if old.data_hash != corpus_hash:
                 raise ValueError(f"{manifest_path}: was trained on other data "
                                  f"({old.data_hash} vs {corpus_hash}); use another --out")
+            added = [m for m in old.members if m.kind != "binary"]
         empty = [c for c in classes
                  if not any(s.label == c for d in docs if d.entity_class in (None, c) for s in d.spans)]
         if empty:  # members would learn that nothing is ever a mention
@@ -161,7 +163,7 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
                         if any(not member_file(out, member_name(c, names[e], f)).exists()
                                for c in classes for f in range(n_folds))], config)
         planned = [member_name(c, names[e], f) for c in classes for e in encoders
-                   for f in range(n_folds)]
+                   for f in range(n_folds)] + [m.name for m in added]
         members: list[Member] = []
         for cls in classes:
             cls_docs = [d for d in docs if d.entity_class in (None, cls)]
@@ -171,9 +173,9 @@ def train_ensemble(docs: Sequence[Document], *, out: Path, encoders: Sequence[st
                     member = train_one(name, cls, encoder, fold, n_folds, cls_docs, out, config,
                                        group_pattern, on_member)
                     members.append(member)
-                    write_manifest(out, Manifest(classes=list(classes), members=members,
+                    write_manifest(out, Manifest(classes=list(classes), members=members + added,
                                                  data_hash=corpus_hash, planned=planned))
-        return Manifest(classes=list(classes), members=members, data_hash=corpus_hash,
+        return Manifest(classes=list(classes), members=members + added, data_hash=corpus_hash,
                         planned=planned)
 
 

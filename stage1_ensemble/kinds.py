@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from stage1_ensemble.config import InferenceConfig
 
 
@@ -52,7 +54,43 @@ class BinaryKind:
         return MemberRunner.load(folder, config)
 
 
-KINDS: dict[str, MemberKind] = {kind.name: kind for kind in (BinaryKind(),)}
+class GazetteerKind:
+    """A dictionary of a class's terms (``gazetteer.json``), each with the precision it
+    had where it occurred in a gold corpus: a matched character gets its term's precision."""
+
+    name = "gazetteer"
+    FILE = "gazetteer.json"
+
+    def problem(self, folder: Path) -> str | None:
+        return None if (Path(folder) / self.FILE).is_file() else \
+            f"no {self.FILE} in {folder}"
+
+    def check(self, folder: Path) -> None:
+        from stage1_ensemble.gazetteer import Gazetteer
+
+        Gazetteer.load(Path(folder) / self.FILE)
+
+    def load(self, folder: Path, config: InferenceConfig, entity_class: str):
+        from stage1_ensemble.gazetteer import Gazetteer
+
+        return GazetteerRunner(Gazetteer.load(Path(folder) / self.FILE), entity_class)
+
+
+class GazetteerRunner:
+    def __init__(self, gazetteer, entity_class: str) -> None:
+        self.gazetteer, self.entity_class = gazetteer, entity_class
+
+    def char_probs(self, texts) -> list[np.ndarray]:
+        out = []
+        for text in texts:
+            probs = np.zeros(len(text), dtype=np.float32)
+            for start, end, score in self.gazetteer.predict(text, self.entity_class):
+                probs[start:end] = np.maximum(probs[start:end], score)
+            out.append(probs)
+        return out
+
+
+KINDS: dict[str, MemberKind] = {kind.name: kind for kind in (BinaryKind(), GazetteerKind())}
 
 
 def kind_named(name: str) -> MemberKind:

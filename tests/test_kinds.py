@@ -1,8 +1,17 @@
-"""Members of other kinds: the seam (old manifests keep their identity)."""
+"""Members of other kinds: the seam (old manifests keep their identity), and the gazetteer
+kind added to a trained ensemble without training."""
 
 from __future__ import annotations
 
-from stage1_ensemble.ensemble import Manifest
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from stage1_ensemble.ensemble import Ensemble, Manifest
+from stage1_ensemble.gazetteer import Gazetteer
+from tests.cli_inprocess import run_cli
 
 OLD_MANIFEST = {"classes": ["DISEASE"], "data_hash": "abc", "planned": ["disease-x-f0"],
                 "members": [{"name": "disease-x-f0", "entity_class": "DISEASE", "fold": 0,
@@ -18,5 +27,109 @@ def test_a_manifest_from_before_kinds_loads_as_binary_with_its_identity():
     assert manifest.members[0].kind == "binary"
     assert manifest.identity() == "19dd4763473a7792"
     other = manifest.model_copy(deep=True)
-    other.members[0].kind = "another"
+    other.members[0].kind = "gazetteer"
     assert other.identity() != manifest.identity()
+
+
+def test_gazetteer_terms_score_their_precision_on_gold():
+    gaz = Gazetteer()
+    for term in ("fiebre", "tos", "dolor torácico"):
+        gaz.add("SYMPTOM", term)
+    texts = [("fiebre y tos", [(0, 6), (9, 12)]),
+             ("sin fiebre, tos seca", [(12, 15)]),  # "fiebre" here is negated: not annotated
+             ("Dolor torácico", [(0, 14)])]
+    counts = gaz.measure("SYMPTOM", texts)
+    assert counts == {"fiebre": (1, 2), "tos": (2, 2), "dolor torácico": (1, 1)}
+    assert gaz.predict("fiebre, tos", "SYMPTOM") == [(0, 6, 0.5), (8, 11, 1.0)]
+
+
+def test_a_gazetteer_member_joins_a_trained_ensemble(tmp_path, tiny_ensemble):
+    from tests.test_pipeline import GOLD, make_corpus
+    from tests.tiny_models import SENTENCES
+
+    ens_dir = tmp_path / "ens"
+    shutil.copytree(tiny_ensemble, ens_dir, ignore=shutil.ignore_patterns("cache"))
+    before = Ensemble.load(ens_dir)
+    corpus = make_corpus(tmp_path / "corpus", n=6, broken=False)
+    code, out, err = run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind", "gazetteer",
+                             "--class", "DISEASE", "--from-corpus", corpus, "--weight", "0.5")
+    assert code == 0, err
+    assert "added disease-gazetteer (gazetteer, DISEASE, weight 0.5)" in out
+    after = Ensemble.load(ens_dir)
+    assert after.identity != before.identity  # the caches' keys change with the members
+    gaz = json.loads((ens_dir / "disease-gazetteer" / "gazetteer.json").read_text())
+    assert set(gaz["classes"]["DISEASE"]) == {m.lower() for m in GOLD}
+    # the mean weighs the binary member 1 and the gazetteer 0.5
+    binary = before.char_probs(SENTENCES, ["DISEASE"])
+    mixed = after.char_probs(SENTENCES, ["DISEASE"])
+    for text, b, m in zip(SENTENCES, binary, mixed):
+        dictionary = np.zeros(len(text), np.float32)
+        for term, score in gaz["classes"]["DISEASE"].items():
+            at = text.lower().find(term)
+            if at >= 0:
+                dictionary[at:at + len(term)] = score
+        np.testing.assert_allclose(m["DISEASE"], (b["DISEASE"] + 0.5 * dictionary) / 1.5,
+                                   atol=1e-6)
+    code, out, _ = run_cli("ensemble", "show", "--ensemble", ens_dir, "--json")
+    rows = json.loads(out)
+    assert [r["kind"] for r in rows] == ["binary", "gazetteer"]
+    # each note annotates its first sentence's disease only; the other sentence, repeated
+    # 0, 1 or 2 times, holds the other term unannotated: 6 of 12 matches are annotated
+    assert rows[1]["validation"] == {"terms": 2, "measured_on": str(corpus), "matches": 12,
+                                     "precision": 0.5}
+    # refused: a second of the same name, a class the ensemble lacks, the last member
+    code, _, err = run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind", "gazetteer",
+                           "--class", "DISEASE", "--from-corpus", corpus)
+    assert code == 2 and "a member 'disease-gazetteer' is there already" in err
+    code, _, err = run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind", "gazetteer",
+                           "--class", "SYMPTOM", "--from-corpus", corpus)
+    assert code == 2 and "the ensemble has no class SYMPTOM" in err
+    code, out, err = run_cli("ensemble", "remove", "--ensemble", ens_dir, "--member",
+                             "disease-gazetteer")
+    assert code == 0 and not (ens_dir / "disease-gazetteer").exists()
+    assert Ensemble.load(ens_dir).identity == before.identity
+    name = before.manifest.members[0].name
+    code, _, err = run_cli("ensemble", "remove", "--ensemble", ens_dir, "--member", name)
+    assert code == 2 and "is the last member of DISEASE" in err
+
+
+def test_a_term_file_gazetteer_and_its_errors(tmp_path, tiny_ensemble):
+    ens_dir = tmp_path / "ens"
+    shutil.copytree(tiny_ensemble, ens_dir, ignore=shutil.ignore_patterns("cache"))
+    terms = tmp_path / "terms.txt"
+    terms.write_text("neumonía\n\ndiabetes mellitus\n", encoding="utf-8")
+    code, out, err = run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind", "gazetteer",
+                             "--class", "DISEASE", "--terms", terms, "--name", "dict")
+    assert code == 0, err
+    probs = Ensemble.load(ens_dir).char_probs(["Tiene neumonía."], ["DISEASE"])[0]["DISEASE"]
+    assert probs[6:14].min() >= 0.5  # the dictionary alone gives half of the mean there
+    terms.write_bytes(b"neumon\xeda\n")
+    code, _, err = run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind", "gazetteer",
+                           "--class", "DISEASE", "--terms", terms, "--name", "dict2")
+    assert code == 2 and f"{terms}: not UTF-8" in err
+    code, _, err = run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind",
+                           "token-classifier", "--class", "DISEASE", "--terms", terms)
+    assert code == 2 and "this command adds gazetteer members" in err
+    (ens_dir / "dict" / "gazetteer.json").write_text("{}")
+    with pytest.raises(ValueError, match="member 'dict'.*not a gazetteer"):
+        Ensemble.load(ens_dir)
+
+
+def test_training_again_keeps_the_members_added(tmp_path, tiny_ensemble):
+    from pipeline.training import train_ensemble
+    from stage1_ensemble.config import TrainConfig
+    from tests.test_stage1_models import two_docs
+
+    ens_dir = tmp_path / "ens"
+    shutil.copytree(tiny_ensemble, ens_dir, ignore=shutil.ignore_patterns("cache"))
+    terms = tmp_path / "terms.txt"
+    terms.write_text("neumonía\n", encoding="utf-8")
+    assert run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind", "gazetteer", "--class",
+                   "DISEASE", "--terms", terms)[0] == 0
+    with_gazetteer = Ensemble.load(ens_dir).identity
+    member = json.loads((ens_dir / "ensemble.json").read_text())["members"][0]
+    train_ensemble(two_docs(), out=ens_dir, encoders=[member["encoder"]], classes=["DISEASE"],
+                   config=TrainConfig(**member["config"]))  # every member kept: a resume
+    again = Ensemble.load(ens_dir)
+    assert [m.kind for m in again.manifest.members] == ["binary", "gazetteer"]
+    assert again.identity == with_gazetteer

@@ -72,7 +72,7 @@ def _register() -> None:
         from pipeline.cli import train  # noqa: F401
     except ImportError:  # pragma: no cover - stage 1 not installed
         pass
-    for name in ("run", "tune", "judge", "report"):
+    for name in ("run", "tune", "judge", "report", "ensemble"):
         try:
             __import__(f"pipeline.cli.{name}")
         except ImportError:

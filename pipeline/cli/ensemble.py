@@ -1,0 +1,94 @@
+"""``pipeline ensemble add|remove|show``: an ensemble's members, beyond those `train` made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli import app
+from pipeline.cli.common import LenientOption, say_read
+
+ensemble_app = typer.Typer(no_args_is_help=True, help="Add members of other kinds to an "
+                           "ensemble, remove members, show what it holds.")
+app.add_typer(ensemble_app, name="ensemble")
+
+EnsembleFolder = Annotated[Path, typer.Option(
+    "--ensemble", exists=True, file_okay=False, help="Ensemble folder (from `pipeline train`).")]
+
+
+@ensemble_app.command("add")
+def add_command(
+    ensemble: EnsembleFolder,
+    kind: Annotated[str, typer.Option(help="The member's kind: gazetteer.")],
+    entity_class: Annotated[str, typer.Option("--class", help="The class it proposes.")],
+    from_corpus: Annotated[Path | None, typer.Option(
+        help="gazetteer: a gold corpus whose mentions of the class are its terms (unless "
+             "--terms gives them), and on which each term's precision is measured.")] = None,
+    terms: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="gazetteer: a term file, one term a line (UTF-8); precision 1.0 unless "
+             "--from-corpus measures it.")] = None,
+    weight: Annotated[float, typer.Option(help="Its weight in its class's mean (more "
+                                               "than 0).")] = 1.0,
+    name: Annotated[str | None, typer.Option(help="The member's name (default: "
+                                                  "CLASS-gazetteer).")] = None,
+    lenient: LenientOption = False,
+) -> None:
+    """Add a member that needs no training. Its identity changes the ensemble's, so
+    caches and tuned thresholds of the ensemble before it do not apply to it."""
+    from pipeline.documents import class_named
+    from pipeline.errors import PipelineError, ReadReport
+    from pipeline.members import add_gazetteer, read_terms
+    from pipeline.readers import open_corpus
+    from stage1_ensemble.kinds import KINDS
+
+    cls = class_named(entity_class, "--class")
+    if kind != "gazetteer":
+        raise PipelineError(f"--kind {kind}: this command adds gazetteer members (kinds "
+                            f"known: {', '.join(KINDS)}; binary members come from "
+                            "`pipeline train`)")
+    if from_corpus is None and terms is None:
+        raise PipelineError("a gazetteer needs --from-corpus GOLD, --terms FILE, or both")
+    words = read_terms(terms) if terms is not None else []
+    docs = []
+    if from_corpus is not None:
+        report = ReadReport()
+        docs = list(open_corpus(from_corpus, lenient=lenient, report=report, classes=(cls,)))
+        say_read(from_corpus, report)
+    member = add_gazetteer(ensemble, cls, docs=docs, terms=words, weight=weight, name=name,
+                           source=str(from_corpus or ""))
+    typer.echo(f"added {member.name} ({member.kind}, {cls}, weight {member.weight}): "
+               f"{json.dumps(member.validation)}")
+
+
+@ensemble_app.command("remove")
+def remove_command(
+    ensemble: EnsembleFolder,
+    member: Annotated[str, typer.Option(help="The member's name (see `pipeline ensemble "
+                                             "show`).")],
+) -> None:
+    """Remove a member (and its folder)."""
+    from pipeline.members import remove_member
+
+    gone = remove_member(ensemble, member)
+    typer.echo(f"removed {gone.name} ({gone.kind}, {gone.entity_class})")
+
+
+@ensemble_app.command("show")
+def show_command(
+    ensemble: EnsembleFolder,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False,
+) -> None:
+    """The members: name, kind, class, weight, fold and validation figures."""
+    from pipeline.members import describe
+
+    rows = describe(ensemble)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        typer.echo(f"{r['name']}\t{r['kind']}\t{r['class']}\tweight {r['weight']}\t"
+                   f"fold {r['fold']}\t{json.dumps(r['validation'])}")
