@@ -40,37 +40,100 @@ def add_gazetteer(ensemble: Path, cls: str, *, docs: Sequence[Document] = (),
     ``docs``; each term scored by its precision on ``docs`` where they are given (how often
     the surface form is annotated where it occurs), 1.0 otherwise."""
     ensemble = Path(ensemble)
+    check_class(ensemble, cls)  # before the terms are counted
+    gazetteer = Gazetteer()
+    for term in terms:
+        gazetteer.add(cls, term)
+    if not terms:
+        gazetteer.fit((s.label, d.text, s.start, s.end) for d in docs for s in d.spans
+                      if s.label == cls)
+    if not gazetteer.terms.get(cls):
+        raise PipelineError(f"no {cls} terms to make a gazetteer of" +
+                            (f" in {source}" if source else ""))
+    counts = gazetteer.measure(cls, gold_of(docs, cls)) if docs else {}
+    matched = sum(n for _, n in counts.values())
+    annotated = sum(a for a, _ in counts.values())
+    validation = {"terms": len(gazetteer.terms[cls])}
+    if docs:
+        validation.update(measured_on=source, matches=matched,
+                          precision=round(annotated / matched, 4) if matched else None)
+    name = name or f"{cls.lower()}-gazetteer"
+
+    def write(folder: Path) -> Member:
+        gazetteer.save(folder / GazetteerKind.FILE, entity_class=cls)
+        return Member(name=name, entity_class=cls, path=name, kind=GazetteerKind.name,
+                      weight=weight, validation=validation)
+
+    return add_member(ensemble, name, cls, write)
+
+
+def parse_label_map(text: str) -> tuple[list[str], str]:
+    """``"B-DISEASE,I-DISEASE=DISEASE"`` -> (the model's labels, the class they make)."""
+    from pipeline.documents import class_named
+
+    labels, sep, cls = text.rpartition("=")
+    names = [x.strip() for x in labels.split(",") if x.strip()]
+    if not sep or not names:
+        raise PipelineError(f"--labels {text!r}: give the model's labels of one class and the "
+                            "class, as B-DISEASE,I-DISEASE=DISEASE")
+    return names, class_named(cls.strip(), "--labels")
+
+
+def add_token_classifier(ensemble: Path, model: Path, labels: Sequence[str], cls: str, *,
+                         weight: float = 1.0, name: str | None = None) -> Member:
+    """A member of class ``cls`` from a token-classification model (copied into the
+    ensemble): its probability is the summed probability of the model's ``labels``."""
+    from transformers import AutoTokenizer
+
+    from stage1_ensemble.ensemble import model_folder_problem
+    from stage1_ensemble.kinds import TokenClassifierKind
+
+    ensemble, model = Path(ensemble), Path(model)
+    check_class(ensemble, cls)
+    problem = model_folder_problem(model) if model.is_dir() else f"{model}: no such folder"
+    if problem:
+        raise PipelineError(problem)
+    try:
+        TokenClassifierKind.label_ids(model, labels)
+        fast = AutoTokenizer.from_pretrained(str(model)).is_fast
+    except (OSError, ValueError) as exc:
+        raise PipelineError(str(exc)) from None
+    if not fast:
+        raise PipelineError(f"{model}: its tokenizer has no fast version (offsets are needed "
+                            "to map tokens to characters)")
+    name = name or f"{cls.lower()}-{model.name.lower()}"
+
+    def write(folder: Path) -> Member:
+        shutil.copytree(model, folder / "model")
+        return Member(name=name, entity_class=cls, path=f"{name}/model", encoder=str(model),
+                      tokenizer=str(model), kind=TokenClassifierKind.name, weight=weight,
+                      config={"labels": list(labels)})
+
+    return add_member(ensemble, name, cls, write)
+
+
+def check_class(ensemble: Path, cls: str):
+    """The ensemble's manifest, if it has class ``cls``."""
+    manifest = read_manifest(ensemble)
+    if cls not in manifest.classes:
+        raise PipelineError(f"{ensemble}: the ensemble has no class {cls} (its classes: "
+                            f"{', '.join(manifest.classes)})")
+    return manifest
+
+
+def add_member(ensemble: Path, name: str, cls: str, write) -> Member:
+    """Add the member that ``write(folder)`` makes in a new folder ``ensemble/name`` (and
+    returns): refused if the name is taken or the ensemble lacks the class; nothing is left
+    of it if writing fails."""
     with folder_lock(ensemble, "pipeline ensemble add"):
-        manifest = read_manifest(ensemble)
-        if cls not in manifest.classes:
-            raise PipelineError(f"{ensemble}: the ensemble has no class {cls} (its classes: "
-                                f"{', '.join(manifest.classes)})")
-        name = name or f"{cls.lower()}-gazetteer"
+        manifest = check_class(ensemble, cls)
         if any(m.name == name for m in manifest.members) or (ensemble / name).exists():
             raise PipelineError(f"{ensemble}: a member {name!r} is there already; give "
                                 "another --name, or remove it first")
-        gazetteer = Gazetteer()
-        for term in terms:
-            gazetteer.add(cls, term)
-        if not terms:
-            gazetteer.fit((s.label, d.text, s.start, s.end) for d in docs for s in d.spans
-                          if s.label == cls)
-        if not gazetteer.terms.get(cls):
-            raise PipelineError(f"no {cls} terms to make a gazetteer of" +
-                                (f" in {source}" if source else ""))
-        counts = gazetteer.measure(cls, gold_of(docs, cls)) if docs else {}
-        matched = sum(n for _, n in counts.values())
-        annotated = sum(a for a, _ in counts.values())
-        validation = {"terms": len(gazetteer.terms[cls])}
-        if docs:
-            validation.update(measured_on=source, matches=matched,
-                              precision=round(annotated / matched, 4) if matched else None)
         folder = ensemble / name
         folder.mkdir()
         try:
-            gazetteer.save(folder / GazetteerKind.FILE, entity_class=cls)
-            member = Member(name=name, entity_class=cls, path=name, kind=GazetteerKind.name,
-                            weight=weight, validation=validation)
+            member = write(folder)
             planned = manifest.planned + [name] if manifest.planned else []
             write_manifest(ensemble, manifest.model_copy(
                 update={"members": manifest.members + [member], "planned": planned}))

@@ -173,7 +173,7 @@ class Ensemble:
         """The member's model, loaded on first use and kept."""
         if member.name not in self._runners:
             self._runners[member.name] = kind_named(member.kind).load(
-                self.folder / member.path, self.config, member.entity_class)
+                self.folder / member.path, self.config, member)
         return self._runners[member.name]
 
     def load_models(self) -> None:

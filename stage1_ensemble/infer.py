@@ -98,17 +98,24 @@ class MemberRunner:
     """A loaded token classifier that turns texts into positive-class token probabilities."""
 
     @classmethod
-    def load(cls, folder: Path, config: InferenceConfig | None = None) -> MemberRunner:
-        """The member saved in ``folder`` (model and tokenizer), with SDPA attention."""
+    def load(cls, folder: Path, config: InferenceConfig | None = None,
+             positive: tuple[int, ...] | None = None) -> MemberRunner:
+        """The member saved in ``folder`` (model and tokenizer), with SDPA attention. A
+        binary member's probability is its label 1's; a token classifier of more labels
+        gives the summed probability of its ``positive`` labels (the B- and I- of a class,
+        say)."""
         from transformers import AutoTokenizer
 
-        problem = labels_problem(folder)
-        if problem:
-            raise ValueError(problem)
+        if positive is None:
+            problem = labels_problem(folder)
+            if problem:
+                raise ValueError(problem)
         model = load_token_classifier(folder, attn_implementation="sdpa")
-        return cls(model, AutoTokenizer.from_pretrained(str(folder)), config)
+        return cls(model, AutoTokenizer.from_pretrained(str(folder)), config, positive)
 
-    def __init__(self, model, tokenizer, config: InferenceConfig | None = None) -> None:
+    def __init__(self, model, tokenizer, config: InferenceConfig | None = None,
+                 positive: tuple[int, ...] | None = None) -> None:
+        self.positive = list(positive) if positive is not None else None
         self.config = config or InferenceConfig()
         self.device = pick_device(self.config)
         dtype = torch.bfloat16 if use_bf16(self.config.bf16, self.device) else torch.float32
@@ -167,7 +174,10 @@ class MemberRunner:
                 ).to(self.device, non_blocking=True)
             logits = self.forward(input_ids=input_ids.to(self.device, non_blocking=True),
                                 attention_mask=mask).logits
-            pending.append((batch, width, torch.softmax(logits.float(), dim=-1)[..., 1]))
+            probs = torch.softmax(logits.float(), dim=-1)
+            probs = probs[..., 1] if self.positive is None else \
+                probs[..., self.positive].sum(dim=-1)
+            pending.append((batch, width, probs))
         out = np.zeros(windows.input_ids.shape, dtype=np.float32)
         for batch, width, probs in pending:
             out[batch, :width] = probs.cpu().numpy()

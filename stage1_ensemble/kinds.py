@@ -27,8 +27,8 @@ class MemberKind(Protocol):
     def check(self, folder: Path) -> None:
         """A ValueError where what ``folder`` holds cannot be a member of this kind."""
 
-    def load(self, folder: Path, config: InferenceConfig, entity_class: str):
-        """The member's runner."""
+    def load(self, folder: Path, config: InferenceConfig, member):
+        """The runner of ``member`` (a ``Member`` of this kind, saved in ``folder``)."""
 
 
 class BinaryKind:
@@ -48,10 +48,43 @@ class BinaryKind:
         if problem:
             raise ValueError(problem)
 
-    def load(self, folder: Path, config: InferenceConfig, entity_class: str):
+    def load(self, folder: Path, config: InferenceConfig, member):
         from stage1_ensemble.infer import MemberRunner
 
         return MemberRunner.load(folder, config)
+
+
+class TokenClassifierKind:
+    """Any Hugging Face token-classification model: a class's probability is the summed
+    probability of its labels (``member.config["labels"]``: B-DISEASE and I-DISEASE of a
+    BIO model, say), projected to characters as a binary member's."""
+
+    name = "token-classifier"
+
+    def problem(self, folder: Path) -> str | None:
+        from stage1_ensemble.ensemble import model_folder_problem
+
+        return model_folder_problem(folder)
+
+    def check(self, folder: Path) -> None:
+        pass  # its labels are checked against the model's when the member is added and loaded
+
+    @staticmethod
+    def label_ids(folder: Path, labels) -> tuple[int, ...]:
+        from transformers import AutoConfig
+
+        names = {name: int(i) for i, name in AutoConfig.from_pretrained(str(folder)).id2label.items()}
+        unknown = [label for label in labels if label not in names]
+        if unknown or not labels:
+            raise ValueError(f"{folder}: labels {', '.join(unknown) or '(none)'} are not the "
+                             f"model's (it has {', '.join(names)})")
+        return tuple(sorted(names[label] for label in labels))
+
+    def load(self, folder: Path, config: InferenceConfig, member):
+        from stage1_ensemble.infer import MemberRunner
+
+        labels = member.config.get("labels", [])
+        return MemberRunner.load(folder, config, positive=self.label_ids(folder, labels))
 
 
 class GazetteerKind:
@@ -70,10 +103,10 @@ class GazetteerKind:
 
         Gazetteer.load(Path(folder) / self.FILE)
 
-    def load(self, folder: Path, config: InferenceConfig, entity_class: str):
+    def load(self, folder: Path, config: InferenceConfig, member):
         from stage1_ensemble.gazetteer import Gazetteer
 
-        return GazetteerRunner(Gazetteer.load(Path(folder) / self.FILE), entity_class)
+        return GazetteerRunner(Gazetteer.load(Path(folder) / self.FILE), member.entity_class)
 
 
 class GazetteerRunner:
@@ -90,7 +123,8 @@ class GazetteerRunner:
         return out
 
 
-KINDS: dict[str, MemberKind] = {kind.name: kind for kind in (BinaryKind(), GazetteerKind())}
+KINDS: dict[str, MemberKind] = {kind.name: kind for kind in (BinaryKind(), GazetteerKind(),
+                                                              TokenClassifierKind())}
 
 
 def kind_named(name: str) -> MemberKind:

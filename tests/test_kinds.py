@@ -109,7 +109,7 @@ def test_a_term_file_gazetteer_and_its_errors(tmp_path, tiny_ensemble):
     assert code == 2 and f"{terms}: not UTF-8" in err
     code, _, err = run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind",
                            "token-classifier", "--class", "DISEASE", "--terms", terms)
-    assert code == 2 and "this command adds gazetteer members" in err
+    assert code == 2 and "needs --model and --labels" in err
     (ens_dir / "dict" / "gazetteer.json").write_text("{}")
     with pytest.raises(ValueError, match="member 'dict'.*not a gazetteer"):
         Ensemble.load(ens_dir)
@@ -133,3 +133,65 @@ def test_training_again_keeps_the_members_added(tmp_path, tiny_ensemble):
     again = Ensemble.load(ens_dir)
     assert [m.kind for m in again.manifest.members] == ["binary", "gazetteer"]
     assert again.identity == with_gazetteer
+
+
+def bio_model(folder, tokenizer_from):
+    """A random BERT token classifier with BIO labels of two classes (as the published
+    MultiClinNER models have), sharing the tiny ensemble's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from))
+    labels = ["O", "B-DISEASE", "I-DISEASE", "B-SYMPTOM", "I-SYMPTOM"]
+    torch.manual_seed(3)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, num_labels=len(labels),
+                        id2label=dict(enumerate(labels)),
+                        label2id={label: i for i, label in enumerate(labels)})
+    BertForTokenClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_token_classifier_member_sums_its_class_labels(tmp_path, tiny_ensemble):
+    """Three members from one BIO model: O, the DISEASE labels and the SYMPTOM labels.
+    Their probabilities add up to 1 at every token, so their character probabilities add up
+    to 1 wherever a token lies; and each is a probability."""
+    from stage1_ensemble.ensemble import Ensemble
+    from tests.tiny_models import SENTENCES
+
+    ens_dir = tmp_path / "ens"
+    shutil.copytree(tiny_ensemble, ens_dir, ignore=shutil.ignore_patterns("cache"))
+    member = json.loads((ens_dir / "ensemble.json").read_text())["members"][0]
+    model = bio_model(tmp_path / "bio", ens_dir / member["path"])
+    for labels, name in (("B-DISEASE,I-DISEASE=DISEASE", "d"), ("O=DISEASE", "o"),
+                         ("B-SYMPTOM,I-SYMPTOM=DISEASE", "s")):
+        code, out, err = run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind",
+                                 "token-classifier", "--model", model, "--labels", labels,
+                                 "--name", name)
+        assert code == 0, err
+    ens = Ensemble.load(ens_dir)
+    assert [m.kind for m in ens.manifest.members][1:] == ["token-classifier"] * 3
+    parts = {}
+    for name in ("d", "o", "s"):
+        alone = ens.restricted([m for m in ens.manifest.members if m.name == name])
+        parts[name] = alone.char_probs(SENTENCES, ["DISEASE"])
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    for k, text in enumerate(SENTENCES):
+        total = sum(parts[n][k]["DISEASE"] for n in parts)
+        covered = np.zeros(len(text), bool)  # characters under a token (a gap between
+        for a, b in tokenizer(text, return_offsets_mapping=True)["offset_mapping"]:
+            covered[a:b] = True  # tokens takes its neighbours' smaller value: not a sum)
+        covered &= np.array([not c.isspace() for c in text])
+        assert covered.sum() > len(text) // 2
+        np.testing.assert_allclose(total[covered], 1.0, atol=1e-5)
+        assert all(0.0 <= parts[n][k]["DISEASE"].min() and parts[n][k]["DISEASE"].max() <= 1.0
+                   for n in parts)
+    code, _, err = run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind",
+                           "token-classifier", "--model", model, "--labels", "B-DIS=DISEASE")
+    assert code == 2 and "labels B-DIS are not the model's" in err
+    code, _, err = run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind",
+                           "token-classifier", "--model", model, "--labels", "B-DISEASE")
+    assert code == 2 and "as B-DISEASE,I-DISEASE=DISEASE" in err

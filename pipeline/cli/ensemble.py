@@ -22,8 +22,18 @@ EnsembleFolder = Annotated[Path, typer.Option(
 @ensemble_app.command("add")
 def add_command(
     ensemble: EnsembleFolder,
-    kind: Annotated[str, typer.Option(help="The member's kind: gazetteer.")],
-    entity_class: Annotated[str, typer.Option("--class", help="The class it proposes.")],
+    kind: Annotated[str, typer.Option(help="The member's kind: gazetteer or "
+                                           "token-classifier.")],
+    entity_class: Annotated[str | None, typer.Option(
+        "--class", help="gazetteer: the class it proposes.")] = None,
+    model: Annotated[Path | None, typer.Option(
+        exists=True, file_okay=False,
+        help="token-classifier: a Hugging Face token-classification model folder (copied "
+             "into the ensemble).")] = None,
+    labels: Annotated[str | None, typer.Option(
+        help="token-classifier: its labels of one class and the class, e.g. "
+             "B-DISEASE,I-DISEASE=DISEASE (BIO, BIOES or IO: list every label of the "
+             "class); the member's probability is their summed probability.")] = None,
     from_corpus: Annotated[Path | None, typer.Option(
         help="gazetteer: a gold corpus whose mentions of the class are its terms (unless "
              "--terms gives them), and on which each term's precision is measured.")] = None,
@@ -41,15 +51,30 @@ def add_command(
     caches and tuned thresholds of the ensemble before it do not apply to it."""
     from pipeline.documents import class_named
     from pipeline.errors import PipelineError, ReadReport
-    from pipeline.members import add_gazetteer, read_terms
+    from pipeline.members import (
+        add_gazetteer,
+        add_token_classifier,
+        parse_label_map,
+        read_terms,
+    )
     from pipeline.readers import open_corpus
     from stage1_ensemble.kinds import KINDS
 
-    cls = class_named(entity_class, "--class")
+    if kind == "token-classifier":
+        if model is None or labels is None:
+            raise PipelineError("a token-classifier member needs --model and --labels")
+        names, cls = parse_label_map(labels)
+        member = add_token_classifier(ensemble, model, names, cls, weight=weight, name=name)
+        typer.echo(f"added {member.name} ({member.kind}, {cls}, weight {member.weight}): "
+                   f"labels {', '.join(names)}")
+        return
     if kind != "gazetteer":
-        raise PipelineError(f"--kind {kind}: this command adds gazetteer members (kinds "
-                            f"known: {', '.join(KINDS)}; binary members come from "
-                            "`pipeline train`)")
+        raise PipelineError(f"--kind {kind}: this command adds gazetteer and token-classifier "
+                            f"members (kinds known: {', '.join(KINDS)}; binary members come "
+                            "from `pipeline train`)")
+    if entity_class is None:
+        raise PipelineError("a gazetteer member needs --class")
+    cls = class_named(entity_class, "--class")
     if from_corpus is None and terms is None:
         raise PipelineError("a gazetteer needs --from-corpus GOLD, --terms FILE, or both")
     words = read_terms(terms) if terms is not None else []
