@@ -67,12 +67,15 @@ class Manifest(BaseModel):
     # before it was recorded): the manifest lists members as they finish, so that one
     # with fewer is a training that has not finished, not a smaller ensemble.
     planned: list[str] = Field(default_factory=list)
+    # how the weights were chosen (`pipeline ensemble weigh`): the weights are the members'
+    weighing: dict | None = None
 
     def identity(self) -> str:
         """A hash that changes when any member or weight changes (the cache key). A binary
         member's kind is left out, so that manifests from before kinds keep their keys."""
-        exclude = {"planned": True, "members": {i: {"kind"} for i, m in enumerate(self.members)
-                                                if m.kind == "binary"}}
+        exclude = {"planned": True, "weighing": True,
+                   "members": {i: {"kind"} for i, m in enumerate(self.members)
+                               if m.kind == "binary"}}
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
     def unfinished(self) -> list[str]:

@@ -195,3 +195,46 @@ def test_a_token_classifier_member_sums_its_class_labels(tmp_path, tiny_ensemble
     code, _, err = run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind",
                            "token-classifier", "--model", model, "--labels", "B-DISEASE")
     assert code == 2 and "as B-DISEASE,I-DISEASE=DISEASE" in err
+
+
+def test_weigh_learns_how_much_a_noisy_member_counts(tmp_path, tiny_ensemble):
+    """A trained member that finds the gold spans and a dictionary that also marks "fiebre
+    alta" and "dolor torácico" (no diseases here): with equal weights no threshold keeps
+    one out without the other; the weights found give the dictionary little say, and the
+    char F1 they reach is what decoding the weighted mean gives."""
+    from pipeline.documents import Span
+    from pipeline.metrics import evaluate
+    from pipeline.weigh import simplex
+    from stage1_ensemble.decode import decode_batch
+    from tests.test_pipeline import make_corpus
+
+    ens_dir = tmp_path / "ens"
+    shutil.copytree(tiny_ensemble, ens_dir, ignore=shutil.ignore_patterns("cache"))
+    terms = tmp_path / "terms.txt"
+    terms.write_text("fiebre alta\ndolor torácico\ndiabetes mellitus\n", encoding="utf-8")
+    assert run_cli("ensemble", "add", "--ensemble", ens_dir, "--kind", "gazetteer",
+                   "--class", "DISEASE", "--terms", terms, "--name", "noisy")[0] == 0
+    corpus = make_corpus(tmp_path / "corpus", n=6, broken=False)
+    before = Ensemble.load(ens_dir).identity
+    code, out, err = run_cli("ensemble", "weigh", "--ensemble", ens_dir, "--gold", corpus)
+    assert code == 0, err
+    ens = Ensemble.load(ens_dir)
+    assert ens.identity != before  # new weights: new cache keys
+    weights = {m.name: m.weight for m in ens.manifest.members}
+    trained = ens.manifest.members[0].name
+    assert weights[trained] > weights["noisy"]
+    found = ens.manifest.weighing["classes"]["DISEASE"]
+    assert found["objective"] > found["before"]
+    assert found["trained_on_these_documents"] == [trained]  # one fold: said, not hidden
+    assert "DISEASE: " in out and f"-> {found['objective']:.4f}" in out
+    # the figure recorded is the weighted ensemble's own, decoded at the threshold found
+    from pipeline.readers import open_corpus
+
+    docs = list(open_corpus(corpus, classes=("DISEASE",)))
+    probs = ens.char_probs([d.text for d in docs], ["DISEASE"])
+    spans = decode_batch([d.text for d in docs], [p["DISEASE"] for p in probs],
+                         found["threshold"])
+    pred = [Span(d.id, "DISEASE", s, e) for d, ss in zip(docs, spans) for s, e, _ in ss]
+    gold = [s for d in docs for s in d.spans]
+    assert round(evaluate(gold, pred).pooled.char()["f1"], 4) == found["objective"]
+    assert len(simplex(3, 0.1)) == 36 and all(abs(sum(p) - 1) < 1e-9 for p in simplex(3, 0.1))

@@ -109,11 +109,70 @@ def show_command(
 ) -> None:
     """The members: name, kind, class, weight, fold and validation figures."""
     from pipeline.members import describe
+    from stage1_ensemble.ensemble import read_manifest
 
     rows = describe(ensemble)
     if as_json:
         typer.echo(json.dumps(rows))
         return
+    weighing = read_manifest(ensemble).weighing
+    if weighing:
+        typer.echo(f"weights chosen on {weighing['gold']} ({weighing['subset']}, "
+                   f"{weighing['objective']}): {json.dumps(weighing['classes'])}")
     for r in rows:
         typer.echo(f"{r['name']}\t{r['kind']}\t{r['class']}\tweight {r['weight']}\t"
                    f"fold {r['fold']}\t{json.dumps(r['validation'])}")
+
+
+@ensemble_app.command("weigh")
+def weigh_command(
+    ensemble: EnsembleFolder,
+    gold: Annotated[Path, typer.Option(help="Gold documents to choose the weights on (the "
+                                            "ensemble's training corpus, where it was trained "
+                                            "by folds: each document is seen by the members "
+                                            "that did not train on it).")],
+    subset: Annotated[str, typer.Option(help="i/n: only this share of the gold documents "
+                                             "(by document group).")] = "0/1",
+    objective: Annotated[str, typer.Option(help="char_f1 or strict_f1.")] = "char_f1",
+    step: Annotated[float, typer.Option(help="The grid's step on each weight.")] = 0.1,
+    group_pattern: Annotated[str | None, typer.Option(
+        help="The --group-pattern the ensemble was trained with, if any.")] = None,
+    lenient: LenientOption = False,
+) -> None:
+    """Choose each class's member weights (by family: one encoder's fold members count as
+    one) to maximise char F1 (or strict F1) on gold, by an exhaustive grid on the simplex
+    at every stage-1 threshold; write them into the manifest (its identity, and so its
+    caches' keys, change), with the figures they reached."""
+    from pipeline.errors import PipelineError, ReadReport
+    from pipeline.readers import open_corpus
+    from pipeline.recognizer import load_ensemble
+    from pipeline.run import parse_shard
+    from pipeline.training import group_pattern_option, in_subset
+    from pipeline.weigh import apply, weigh_class
+    from pipeline.writers import folder_lock
+    from stage1_ensemble.ensemble import read_manifest, write_manifest
+
+    if objective not in ("char_f1", "strict_f1"):
+        raise PipelineError(f"--objective must be char_f1 or strict_f1, not {objective!r}")
+    part, pattern = parse_shard(subset, "--subset"), group_pattern_option(group_pattern)
+    with folder_lock(ensemble, "pipeline ensemble weigh"):
+        ens = load_ensemble(ensemble)
+        report = ReadReport()
+        docs = [d for d in open_corpus(gold, lenient=lenient, report=report,
+                                       classes=tuple(ens.classes)) if in_subset(d.id, part)]
+        if report.skipped:
+            say_read(gold, report)
+        if not docs:
+            raise PipelineError(f"{gold}: no gold documents" +
+                                (f" in --subset {subset}" if subset != "0/1" else ""))
+        found = [weigh_class(docs, ens, cls, objective=objective, step=step, pattern=pattern)
+                 for cls in ens.classes]
+        record = {"gold": str(gold), "subset": subset, "objective": objective, "step": step,
+                  "documents": len(docs), "search": "exhaustive simplex grid",
+                  "classes": {w.cls: w.as_dict() for w in found}}
+        write_manifest(ensemble, apply(read_manifest(ensemble), found, record))
+    for w in found:
+        weights = ", ".join(f"{n} {v:.2f}" for n, v in w.weights.items())
+        note = f" ({', '.join(w.in_sample)} trained on these documents)" if w.in_sample else ""
+        typer.echo(f"{w.cls}: {weights}; {objective} {w.before:.4f} -> {w.value:.4f} at "
+                   f"stage-1 threshold {w.threshold}{note}")
