@@ -238,3 +238,34 @@ def test_weigh_learns_how_much_a_noisy_member_counts(tmp_path, tiny_ensemble):
     gold = [s for d in docs for s in d.spans]
     assert round(evaluate(gold, pred).pooled.char()["f1"], 4) == found["objective"]
     assert len(simplex(3, 0.1)) == 36 and all(abs(sum(p) - 1) < 1e-9 for p in simplex(3, 0.1))
+
+
+def test_a_mixed_ensemble_is_the_weighted_mean_of_its_members(tmp_path, tiny_ensemble):
+    """Binary + token classifier of another tokenizer + gazetteer, weights 1, 2 and 0.5:
+    the class's probabilities equal the weighted mean of each member's own, by hand."""
+    from stage1_ensemble.ensemble import Ensemble
+    from tests.tiny_models import SENTENCES, wordpiece_tokenizer
+
+    ens_dir = tmp_path / "ens"
+    shutil.copytree(tiny_ensemble, ens_dir, ignore=shutil.ignore_patterns("cache"))
+    other = tmp_path / "other-tokenizer"  # trained on other text: other windows
+    wordpiece_tokenizer(["Tos seca y fiebre.", "Dolor abdominal agudo."] * 3).save_pretrained(other)
+    model = bio_model(tmp_path / "bio", other)
+    terms = tmp_path / "terms.txt"
+    terms.write_text("neumonía\n", encoding="utf-8")
+    for args in (("--kind", "token-classifier", "--model", model, "--labels",
+                  "B-DISEASE,I-DISEASE=DISEASE", "--weight", "2", "--name", "bio"),
+                 ("--kind", "gazetteer", "--class", "DISEASE", "--terms", terms,
+                  "--weight", "0.5", "--name", "dict")):
+        code, _, err = run_cli("ensemble", "add", "--ensemble", ens_dir, *args)
+        assert code == 0, err
+    ens = Ensemble.load(ens_dir)
+    keys = {getattr(ens.runner(m), "tokenizer_key", None) for m in ens.manifest.members}
+    assert len(keys) == 3  # two tokenizers, and the gazetteer's none
+    mixed = ens.char_probs(SENTENCES, ["DISEASE"])
+    alone = {m.name: ens.restricted([m]).char_probs(SENTENCES, ["DISEASE"])
+             for m in ens.manifest.members}
+    weights = {m.name: m.weight for m in ens.manifest.members}
+    for k in range(len(SENTENCES)):
+        by_hand = sum(weights[n] * alone[n][k]["DISEASE"] for n in alone) / sum(weights.values())
+        np.testing.assert_allclose(mixed[k]["DISEASE"], by_hand, atol=1e-6)
