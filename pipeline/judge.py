@@ -52,6 +52,13 @@ def out_of_fold_candidates(docs: Sequence[Document], ensemble, *, threshold: flo
     out: list[list[Span]] = [[] for _ in docs]
     for cls in ensemble.classes:
         members = ensemble.members_of(cls)
+        added = [m.name for m in members if m.kind != "binary"]
+        if added:  # which documents they saw is not known (a gazetteer of this corpus: all)
+            raise PipelineError(
+                f"the ensemble's {cls} members {', '.join(added)} were added without folds "
+                "(`pipeline ensemble add`): out-of-fold candidates cannot be told for them. "
+                "Give a held-out gold corpus (--candidates-from) instead of --corpus, or train "
+                "the judge before adding them")
         folds = {m.n_folds for m in members}
         if len(folds) > 1:  # which documents a member did not see would be ambiguous
             raise PipelineError(f"the ensemble's {cls} members were trained with different "

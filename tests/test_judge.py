@@ -321,6 +321,17 @@ def test_train_judge_refusals(two_fold_ensemble, judge_llm_dir, tiny_ensemble, t
                            "--base", judge_llm_dir, "--out", tmp_path / "j")
     assert code == 2 and "trained with --folds 1" in err and "--candidates-from" in err
     assert one_error_line(err)
+    # a member added without folds (a gazetteer of this very corpus, say) could leak
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(two_fold_ensemble, mixed, ignore=shutil.ignore_patterns("cache"))
+    assert run_cli("ensemble", "add", "--ensemble", mixed, "--kind", "gazetteer", "--class",
+                   "DISEASE", "--from-corpus", corpus)[0] == 0
+    code, _, err = run_cli("train-judge", "--ensemble", mixed, "--corpus", corpus,
+                           "--base", judge_llm_dir, "--out", tmp_path / "j")
+    assert code == 2 and "disease-gazetteer were added without folds" in err
+    assert one_error_line(err)
 
 
 def test_llm_settings_belong_to_their_backend():
