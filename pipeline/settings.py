@@ -136,11 +136,26 @@ def nested(dotted: Mapping[str, Any]) -> dict:
     return tree
 
 
+# The settings that name files or folders: in a configuration file, relative to the file
+PATHS = ("ensemble.path", "ensemble.cache_dir", "llm.model", "thresholds.file")
+
+
+def anchored(tree: dict, folder: Path) -> dict:
+    """``tree`` with its relative paths made relative to ``folder`` (the file's own), so
+    that a configuration means the same from whatever folder it is used."""
+    out = flat(tree)
+    for key in PATHS:
+        value = out.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            out[key] = str(folder / value)
+    return merged(tree, nested({k: out[k] for k in PATHS if k in out}))
+
+
 def load_run_config(path: Path | None, *layers: Mapping) -> RunConfig:
     """The tree of file ``path`` (None: the defaults) with ``layers`` (trees, such as the
     command line's options, each laid over the ones before). A problem names the file and
     the key."""
-    tree = read_file(path) if path is not None else {}
+    tree = anchored(read_file(path), Path(path).parent) if path is not None else {}
     for layer in layers:
         tree = merged(tree, layer)
     try:

@@ -87,3 +87,17 @@ def test_record_changes_name_paths_and_pass_how_only_settings():
     new["resolved"]["llm"] = "b"
     assert record_changes(old, new) == ["config.ensemble.inference.max_length",
                                         "config.llm.template", "resolved.llm"]
+
+
+def test_relative_paths_in_a_file_are_the_files_own(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "run.json").write_text(json.dumps(
+        {"ensemble": {"path": "../ens", "cache_dir": "/abs/cache"},
+         "llm": {"model": "models/judge", "template": "rerank_v1"},
+         "thresholds": {"file": "th.json"}}))
+    cfg = load_run_config(tmp_path / "conf" / "run.json")
+    assert cfg.ensemble.path == tmp_path / "conf" / ".." / "ens"
+    assert str(cfg.ensemble.cache_dir) == "/abs/cache"
+    assert cfg.llm.model == tmp_path / "conf" / "models" / "judge"
+    assert cfg.llm.template == "rerank_v1"  # a template's name is no path
+    assert cfg.thresholds.file == tmp_path / "conf" / "th.json"
