@@ -42,6 +42,10 @@ class TrainConfig(Windowed):
     # (bench/bench_train_step.py).
     attention_dropout: float | None = Field(None, ge=0, lt=1)
     hidden_dropout: float | None = Field(None, ge=0, lt=1)
+    # Keep the word-embedding table as it is: a multilingual encoder's (XLM-R's 250K
+    # pieces: 96M of multilingual-e5-small's 118M weights) then needs no gradient and no
+    # AdamW state, which is most of a CPU step's update (bench/bench_encoders.py).
+    freeze_embeddings: bool = False
     logging_steps: int = 50
 
 

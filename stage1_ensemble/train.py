@@ -92,6 +92,8 @@ def load_encoder(encoder: str | Path, config: TrainConfig | None = None):
     if limit is not None and config.max_length > limit:
         raise ValueError(f"{encoder}: windows of max_length {config.max_length} tokens do not "
                          f"fit its {limit} positions; lower max_length in the training config")
+    if config.freeze_embeddings:  # no gradient, no optimizer state for the word table
+        model.get_input_embeddings().requires_grad_(False)
     return model, tokenizer
 
 

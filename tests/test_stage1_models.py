@@ -586,3 +586,16 @@ def test_cached_probabilities_are_keyed_by_the_settings_that_change_them(overfit
     assert len({base, identity(max_length=256), identity(stride=16), identity(bf16=True)}) == 4
     assert Ensemble.load(overfit_ensemble).identity == Ensemble.load(
         overfit_ensemble, InferenceConfig(max_length=256)).identity  # the members themselves
+
+
+def test_freeze_embeddings_keeps_the_word_table_out_of_training(tmp_path):
+    from stage1_ensemble.train import load_encoder
+    from tests.tiny_models import tiny_bert_encoder
+
+    encoder = tiny_bert_encoder(tmp_path / "encoder")
+    frozen, _ = load_encoder(encoder, TrainConfig(freeze_embeddings=True))
+    assert not frozen.get_input_embeddings().weight.requires_grad
+    assert all(p.requires_grad for n, p in frozen.named_parameters()
+               if "word_embeddings" not in n)
+    trained, _ = load_encoder(encoder, TrainConfig())
+    assert all(p.requires_grad for p in trained.parameters())

@@ -16,8 +16,6 @@ import typer
 InferenceConfigOption = Annotated[Path | None, typer.Option(
     help="InferenceConfig JSON for the ensemble (batch_size, device, bf16, compile, "
          "width_multiple, max_length, stride; unknown keys fail).")]
-EnsembleOption = Annotated[Path, typer.Option(
-    exists=True, file_okay=False, help="Ensemble folder (from `pipeline train`).")]
 EnsemblePathOption = Annotated[Path | None, typer.Option(
     "--ensemble", exists=True, file_okay=False,
     help="Ensemble folder (from `pipeline train`); or ensemble.path in --config.")]
