@@ -83,9 +83,6 @@ REFUSED_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.E
                   errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.EIO,
                   errno.EMFILE, errno.ENFILE, errno.EXDEV}
 
-class TransientError(PipelineError):
-    """A fault of the service or the machine that a later attempt may not meet."""
-
 
 def kind_of(exc: BaseException) -> ErrorKind:
     """The kind of ``exc`` (see the module's doc)."""
@@ -93,7 +90,7 @@ def kind_of(exc: BaseException) -> ErrorKind:
 
     if isinstance(exc, KeyboardInterrupt):
         return ErrorKind.INTERRUPTED
-    if isinstance(exc, (TransientError, ServiceError, TimeoutError, ConnectionError)):
+    if isinstance(exc, (ServiceError, TimeoutError, ConnectionError)):
         return ErrorKind.TRANSIENT
     if isinstance(exc, (PipelineError, FileNotFoundError, ValueError)):
         return ErrorKind.INPUT  # ValueError holds broken JSON, undecodable text, bad configs

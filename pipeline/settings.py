@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from pipeline.errors import PipelineError
-from stage1_ensemble.config import InferenceConfig, Strict
+from stage1_ensemble.config import InferenceConfig, Strict, problems_of
 from stage2_rerank.config import LlmConfig
 
 FORMATS = ("tsv", "jsonl", "brat")
@@ -161,10 +161,9 @@ def load_run_config(path: Path | None, *layers: Mapping) -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: "
-                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         source = f"{path} with the command line's options" if path else "the command line"
-        raise PipelineError(f"not a valid run configuration ({source}): {problems}") from None
+        raise PipelineError(f"not a valid run configuration ({source}): "
+                            f"{problems_of(exc, plain=True)}") from None
 
 
 def flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:

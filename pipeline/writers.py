@@ -116,10 +116,8 @@ def check_writable(path: Path, *, folder: bool = False) -> None:
     if not where.is_dir():
         raise PipelineError(f"{where} is a file; it cannot hold {path}")
     probe = temporary_name(where / ".probe")
-    try:
+    with naming(where, instead_of=probe):
         probe.touch()
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(where)) from None
     probe.unlink()
 
 

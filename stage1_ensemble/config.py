@@ -83,14 +83,21 @@ class InferenceConfig(Windowed):
 Model = TypeVar("Model", bound=BaseModel)
 
 
+def problems_of(exc: ValidationError, plain: bool = False) -> str:
+    """Each problem of a validation as "key.path: what is wrong", in one line (``plain``:
+    without pydantic's "Value error, " before a validator's own message)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: "
+                     f"{e['msg'].removeprefix('Value error, ') if plain else e['msg']}"
+                     for e in exc.errors())
+
+
 def load_config(path: Path, model: type[Model] = TrainConfig, what: str | None = None) -> Model:
     """A pydantic model from a JSON file; a misspelt key or broken JSON fails here, in one
     line naming the file and each problem."""
     try:
         return model.model_validate_json(Path(path).read_text(encoding="utf-8"))
     except ValidationError as exc:  # one line: "key: what is wrong", each problem
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}"
-                             for e in exc.errors())
-        raise ValueError(f"{path}: not a valid {what or model.__name__}: {problems}") from None
+        raise ValueError(f"{path}: not a valid {what or model.__name__}: "
+                         f"{problems_of(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
