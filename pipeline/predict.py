@@ -90,30 +90,48 @@ def keep(spans: Sequence[Span], thresholds: Thresholds) -> list[Span]:
             or s.stage2_score is not None and s.stage2_score >= thresholds.of(s.label).stage2]
 
 
+def stage_one(docs: Sequence[Document], *, ensemble, thresholds: Thresholds,
+              char_cache: CharProbCache | None = None,
+              seconds: dict[str, float] | None = None) -> list[list[Span]]:
+    """Stage-1 candidates of each document (none for a text of whitespace only).
+    ``seconds`` (if given) adds the time taken under "stage1"."""
+    t0 = time.perf_counter()
+    live = [i for i, d in enumerate(docs) if d.text.strip()]
+    some = [docs[i] for i in live]
+    found = propose(some, char_probabilities(some, ensemble, char_cache), thresholds)
+    out: list[list[Span]] = [[] for _ in docs]
+    for i, spans in zip(live, found):
+        out[i] = spans
+    if seconds is not None:
+        seconds["stage1"] += time.perf_counter() - t0
+    return out
+
+
+def stage_two(docs: Sequence[Document], found: Sequence[Sequence[Span]], *, scorer,
+              thresholds: Thresholds, seconds: dict[str, float] | None = None,
+              too_long: list[int] | None = None) -> tuple[list[list[Span]], list[list[Span]]]:
+    """The candidates ``found`` of each document with the LLM's scores (where it was
+    asked), and the spans kept. Without a scorer every candidate is kept. ``seconds`` (if
+    given) adds the time taken under "stage2"; ``too_long`` (if given) is as in `rerank`."""
+    t0 = time.perf_counter()
+    if scorer is None:
+        candidates = [list(spans) for spans in found]
+        kept = candidates
+    else:
+        candidates = rerank(docs, found, scorer, thresholds, too_long)
+        kept = [keep(spans, thresholds) for spans in candidates]
+    if seconds is not None:
+        seconds["stage2"] += time.perf_counter() - t0
+    return candidates, kept
+
+
 def two_stages(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresholds,
                char_cache: CharProbCache | None = None, seconds: dict[str, float] | None = None,
                too_long: list[int] | None = None,
                ) -> tuple[list[list[Span]], list[list[Span]]]:
     """Stage-1 candidates (with the LLM's scores, where it was asked) and kept spans of
-    each document (none for a text of whitespace only). Without a scorer every candidate
-    is kept. ``seconds`` (if given) adds up the time
-    of each stage under "stage1" and "stage2"; ``too_long`` (if given) is as in `rerank`."""
-    live = [i for i, d in enumerate(docs) if d.text.strip()]
-    some = [docs[i] for i in live]
-    t0 = time.perf_counter()
-    found = propose(some, char_probabilities(some, ensemble, char_cache), thresholds)
-    t1 = time.perf_counter()
-    skipped = [0] * len(some)
-    if scorer is not None:  # the candidates with their stage-2 scores
-        found = rerank(some, found, scorer, thresholds, skipped)
-    kept = found if scorer is None else [keep(spans, thresholds) for spans in found]
-    if seconds is not None:
-        seconds["stage1"] += t1 - t0
-        seconds["stage2"] += time.perf_counter() - t1
-    candidates: list[list[Span]] = [[] for _ in docs]
-    out: list[list[Span]] = [[] for _ in docs]
-    for i, c, k, n in zip(live, found, kept, skipped):
-        candidates[i], out[i] = c, k
-        if too_long is not None:
-            too_long[i] += n
-    return candidates, out
+    each document (none for a text of whitespace only): `stage_one`, then `stage_two`."""
+    found = stage_one(docs, ensemble=ensemble, thresholds=thresholds, char_cache=char_cache,
+                      seconds=seconds)
+    return stage_two(docs, found, scorer=scorer, thresholds=thresholds, seconds=seconds,
+                     too_long=too_long)

@@ -77,30 +77,57 @@ def resolve_backend(llm: str | Path | None, backend: str | None = None,
     return backend
 
 
+def llm_arguments(llm: str | Path | None, backend: str | None = None,
+                  urls: list[str] | None = None, settings=None, **options
+                  ) -> tuple[str | None, dict]:
+    """(backend, keyword arguments of ``load_scorer``) for ``load_llm``'s arguments;
+    backend None: no LLM."""
+    backend = resolve_backend(llm, backend, urls)
+    if backend is None:
+        return None, {}
+    if settings is not None:
+        options = {**settings.scorer_options(backend), **options}
+    if backend == "openai":
+        options["urls"] = urls or ["http://127.0.0.1:8000"]
+    return backend, options
+
+
 def load_llm(llm: str | Path | None, backend: str | None = None, urls: list[str] | None = None,
              cache_dir: Path | None = None, settings=None, **options):
     """The stage-2 scorer of model ``llm`` (None: no re-ranking). Server URLs mean the
     openai backend; without them vLLM where it is installed, else transformers.
     ``settings`` (an ``LlmConfig``) gives the prompt and the backend's options."""
-    backend = resolve_backend(llm, backend, urls)
+    backend, options = llm_arguments(llm, backend, urls, settings, **options)
     if backend is None:
         return None
     from stage2_rerank import load_scorer
 
-    if settings is not None:
-        options = {**settings.scorer_options(backend), **options}
-    if backend == "openai":
-        options["urls"] = urls or ["http://127.0.0.1:8000"]
     try:
         return load_scorer(backend, llm, cache_dir=cache_dir, **options)
     except FileNotFoundError as exc:
         raise PipelineError(str(exc)) from None
 
 
+def llm_identity(llm: str | Path | None, backend: str | None = None,
+                 urls: list[str] | None = None, settings=None) -> str | None:
+    """The ``identity`` of the scorer ``load_llm`` would make (None: no LLM), found without
+    loading the model: what a driver that leaves the models to its workers records."""
+    backend, options = llm_arguments(llm, backend, urls, settings)
+    if backend is None:
+        return None
+    from stage2_rerank.scorer import scorer_identity
+
+    try:
+        return scorer_identity(backend, llm, **options)
+    except FileNotFoundError as exc:
+        raise PipelineError(str(exc)) from None
+
+
 def warn_unfit(thresholds: Thresholds, ensemble, scorer, source: str = "thresholds") -> None:
     """A warning for each way ``thresholds`` may not suit this ensemble and LLM (tuned for
-    others, or lacking a class): they run, but are not what tuning chose for these."""
-    llm = scorer.identity if scorer is not None else None
+    others, or lacking a class): they run, but are not what tuning chose for these.
+    ``scorer``: the LLM's scorer, or its identity (None: no LLM)."""
+    llm = scorer if scorer is None or isinstance(scorer, str) else scorer.identity
     for problem in thresholds.unfit(ensemble.classes, ensemble.identity, llm):
         logger.warning("%s: %s (pipeline tune chooses thresholds for this ensemble and LLM)",
                        source, problem)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.documents import Document, Span
 from pipeline.errors import PipelineError, is_document_fault
-from pipeline.predict import needs_llm, two_stages
+from pipeline.predict import needs_llm, stage_one, stage_two
 from pipeline.thresholds import Thresholds
 from pipeline.writers import atomic_write, folder_lock, jsonl_record, write_corpus
 
@@ -37,6 +37,7 @@ class RunSummary:
     kept: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {"stage1": 0.0, "stage2": 0.0,
                                                                "other": 0.0})
+    engine: dict = field(default_factory=dict)  # what ran the stages (and where)
 
     def add(self, record: dict) -> None:
         status = record["status"]
@@ -56,7 +57,8 @@ class RunSummary:
                 "failures": [{"id": i, "reason": r} for i, r in self.failed],
                 "candidates": self.candidates, "llm_calls": self.llm_calls,
                 "too_long": self.too_long, "kept_spans": self.kept, "seconds": {k: round(v, 3)
-                                                     for k, v in self.seconds.items()}}
+                                                     for k, v in self.seconds.items()},
+                **self.engine}
 
 
 def in_shard(doc_id: str, shard: tuple[int, int]) -> bool:
@@ -113,12 +115,13 @@ def check_settings(out: Path, settings: dict) -> None:
     atomic_write(path, json.dumps(settings, indent=2, sort_keys=True))
 
 
-def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresholds,
-                  char_cache, summary: RunSummary) -> list[dict]:
-    """documents -> character probabilities -> candidates -> scores -> kept spans."""
+def chunk_records(docs: Sequence[Document], found: Sequence[Sequence[Span]], *, scorer,
+                  thresholds: Thresholds, seconds: dict[str, float]) -> list[dict]:
+    """Stage-1 candidates ``found`` of each document -> scores -> kept spans -> the
+    document's record in a part file."""
     too_long = [0] * len(docs)
-    candidates, kept = two_stages(docs, ensemble=ensemble, scorer=scorer, thresholds=thresholds,
-                                  char_cache=char_cache, seconds=summary.seconds, too_long=too_long)
+    candidates, kept = stage_two(docs, found, scorer=scorer, thresholds=thresholds,
+                                 seconds=seconds, too_long=too_long)
     records = []
     for d, found, spans, n in zip(docs, candidates, kept, too_long):
         if not d.text.strip():
@@ -143,16 +146,62 @@ def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thr
     return records
 
 
-def one_document(doc: Document, **stages) -> list[dict]:
-    """``process_chunk`` of one document, or its failure record where the document is at
-    fault (anything else propagates: see ``pipeline.errors``)."""
+def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresholds,
+                  char_cache, summary: RunSummary) -> list[dict]:
+    """documents -> character probabilities -> candidates -> scores -> kept spans."""
+    found = stage_one(docs, ensemble=ensemble, thresholds=thresholds, char_cache=char_cache,
+                      seconds=summary.seconds)
+    return chunk_records(docs, found, scorer=scorer, thresholds=thresholds,
+                         seconds=summary.seconds)
+
+
+def failure_record(doc: Document, exc: BaseException) -> dict:
+    return {"id": doc.id, "status": "failed", "reason": str(exc), "text": doc.text,
+            "entity_class": doc.entity_class, "spans": []}
+
+
+def guarded(docs: Sequence[Document], work: Callable[[list[int]], list]) -> list:
+    """``work`` over the documents of ``docs`` at the given positions, one result each.
+    Where the whole batch raises a document's fault, each document goes alone, and one that
+    fails alone gets its failure record as its result: one bad document must not sink the
+    batch. Anything else (the LLM service down, a full disk) propagates: the run stops,
+    and its rerun does these documents; they are not failures (see ``pipeline.errors``)."""
     try:
-        return process_chunk([doc], **stages)
+        return work(list(range(len(docs))))
     except Exception as exc:
         if not is_document_fault(exc):
             raise
-        return [{"id": doc.id, "status": "failed", "reason": str(exc), "text": doc.text,
-                 "entity_class": doc.entity_class, "spans": []}]
+        logger.warning("a batch of %d documents failed (%s); retrying them one by one",
+                       len(docs), exc)
+    out = []
+    for i, doc in enumerate(docs):
+        try:
+            out += work([i])
+        except Exception as exc:
+            if not is_document_fault(exc):
+                raise
+            out.append(failure_record(doc, exc))
+    return out
+
+
+class LocalEngine:
+    """Both stages in this process, one chunk after the other (the default engine)."""
+
+    name = "local"
+
+    def __init__(self, *, ensemble, scorer, thresholds: Thresholds, char_cache=None) -> None:
+        self.stages = {"ensemble": ensemble, "scorer": scorer, "thresholds": thresholds,
+                       "char_cache": char_cache}
+
+    def process(self, chunks: Iterable[tuple[int, list[Document]]],
+                summary: RunSummary) -> Iterator[tuple[int, list[dict]]]:
+        """(part number, records) of each chunk of ``chunks``, in turn."""
+        for k, chunk in chunks:
+            yield k, guarded(chunk, lambda idx, chunk=chunk: process_chunk(
+                [chunk[i] for i in idx], summary=summary, **self.stages))
+
+    def describe(self) -> dict:
+        return {"engine": self.name}
 
 
 CORPUS_CHANGED = ("the corpus has changed since this run began. Use another --output or "
@@ -181,13 +230,19 @@ def check_part(part: Path, chunk: Sequence[Document], records: Sequence[dict]) -
                             "scores make the rerun quick)")
 
 
-def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
+def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble=None, scorer=None,
                  thresholds: Thresholds, settings: dict, formats: Sequence[str] = ("tsv",),
                  shard: tuple[int, int] = (0, 1), chunk_size: int = 16, char_cache=None,
                  on_chunk: Callable[[RunSummary, int], None] | None = None,
-                 unreadable: Sequence[tuple[str, str]] = ()) -> RunSummary:
-    """Run both stages over ``docs``, resuming from the parts already in ``out``."""
+                 unreadable: Sequence[tuple[str, str]] = (), engine=None) -> RunSummary:
+    """Run both stages over ``docs``, resuming from the parts already in ``out``.
+
+    ``engine`` turns the chunks still to do into records (default: a ``LocalEngine`` of
+    ``ensemble``, ``scorer`` and ``char_cache``); whatever it is, the parts, and so the
+    outputs, are the same."""
     out = Path(out)
+    engine = engine or LocalEngine(ensemble=ensemble, scorer=scorer, thresholds=thresholds,
+                                   char_cache=char_cache)
     check_formats(formats)
     with folder_lock(out, "pipeline run"):
         check_settings(out, settings)
@@ -196,34 +251,29 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
         summary = RunSummary()
         mine = (d for d in docs if in_shard(d.id, shard))
         n_parts = 0
-        for k, chunk in enumerate(chunked(mine, chunk_size)):
-            n_parts = k + 1
-            part = parts / f"{k:06d}.jsonl"
-            if part.exists():  # done before a crash: keep it, if made of these documents
-                records = list(part_records(part))
-                check_part(part, chunk, records)
-                for record in records:
-                    summary.add(record)
-                if on_chunk:
-                    on_chunk(summary, len(chunk))
-                continue
-            try:
-                records = process_chunk(chunk, ensemble=ensemble, scorer=scorer,
-                                        thresholds=thresholds, char_cache=char_cache, summary=summary)
-            except Exception as exc:
-                if not is_document_fault(exc):  # the LLM service down, a full disk: stop,
-                    raise  # and the rerun does these documents; they are not failures
-                # one bad document must not sink the chunk
-                logger.warning("chunk %d failed (%s); retrying its documents one by one", k, exc)
-                records = [record for doc in chunk
-                           for record in one_document(doc, ensemble=ensemble, scorer=scorer,
-                                                      thresholds=thresholds,
-                                                      char_cache=char_cache, summary=summary)]
-            atomic_write(part, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+        def to_do() -> Iterator[tuple[int, list[Document]]]:
+            nonlocal n_parts
+            for k, chunk in enumerate(chunked(mine, chunk_size)):
+                n_parts = k + 1
+                part = parts / f"{k:06d}.jsonl"
+                if part.exists():  # done before a crash: keep it, if made of these documents
+                    records = list(part_records(part))
+                    check_part(part, chunk, records)
+                    for record in records:
+                        summary.add(record)
+                    if on_chunk:
+                        on_chunk(summary, len(chunk))
+                    continue
+                yield k, chunk
+
+        for k, records in engine.process(to_do(), summary):
+            atomic_write(parts / f"{k:06d}.jsonl",
+                         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             for r in records:
                 summary.add(r)
             if on_chunk:
-                on_chunk(summary, len(chunk))
+                on_chunk(summary, len(records))
         beyond = sorted(p for p in parts.glob("*.jsonl") if p.stem.isdigit() and
                         int(p.stem) >= n_parts)
         if beyond:  # the final outputs would hold documents that the corpus no longer has
@@ -236,6 +286,7 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble, scorer=None,
         t = time.perf_counter()
         assemble(out, [out], formats)
         summary.seconds["other"] += time.perf_counter() - t
+        summary.engine = engine.describe()
         atomic_write(out / "summary.json", json.dumps(summary.as_dict(), indent=2))
         return summary
 

@@ -189,10 +189,11 @@ def run_record(config: RunConfig, *, ensemble, scorer, thresholds, input: Path) 
     """What ``run.json`` records: the configuration tree, and what it resolved to (the
     members' and the LLM's identities, the inference settings that change probabilities,
     the thresholds in force, the input), which a resumed run or a shard to merge must
-    share."""
+    share. ``scorer``: the LLM's scorer, or its identity (None: no LLM)."""
+    llm = scorer if scorer is None or isinstance(scorer, str) else scorer.identity
     return {"config": config.model_dump(mode="json"),
             "resolved": {"ensemble": ensemble.identity, "inference": ensemble.output_settings,
-                         "llm": scorer.identity if scorer is not None else None,
+                         "llm": llm,
                          "thresholds": thresholds.model_dump(mode="json"),
                          "input": str(Path(input).resolve())}}
 

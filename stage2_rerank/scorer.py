@@ -193,15 +193,13 @@ def lora_parts(judge: str | Path) -> tuple[Path, Path, int]:
     return base, Path(judge) / lora["adapter"], int(lora["rank"])
 
 
-def load_scorer(backend: str, model: str | Path, *, cache_dir: Path | None = None,
-                template: str | None = None, max_context_tokens: int | None = None,
-                tokenizer: str | Path | None = None, use_chat_template: bool | None = None,
-                **options) -> Scorer:
-    """A scorer with backend ``vllm`` (in-process engine), ``openai`` (servers by URL,
-    ``urls=[...]``) or ``hf`` (transformers).
-
-    The prompt settings left unset come from the judge's record where ``model`` is a
-    judge trained here, else the defaults (``rerank_v1``, 1,024 tokens of context)."""
+def resolve(backend: str, model: str | Path, *, template: str | None = None,
+            max_context_tokens: int | None = None, tokenizer: str | Path | None = None,
+            use_chat_template: bool | None = None, **options) -> dict:
+    """What ``load_scorer`` will serve, decided without loading anything: the model folder,
+    its identity (the key of its cached scores), the prompt settings (left unset: the
+    judge's record where ``model`` is a judge trained here, else the defaults,
+    ``rerank_v1`` and 1,024 tokens of context) and the backend's options."""
     trained = prompt_settings(model)
     identity = model_identity(model)
     if options.pop("lora", False):  # the judge's adapter on its base, not its merged weights
@@ -216,9 +214,28 @@ def load_scorer(backend: str, model: str | Path, *, cache_dir: Path | None = Non
     max_context_tokens = max_context_tokens or trained.get("max_context_tokens") or 1024
     if use_chat_template is None:
         use_chat_template = trained.get("use_chat_template")
-    tok = load_tokenizer(model, tokenizer)
-    builder = PromptBuilder(tok, load_template(template), max_context_tokens=max_context_tokens,
-                            use_chat_template=use_chat_template)
+    return {"model": model, "tokenizer": tokenizer, "template": template,
+            "max_context_tokens": max_context_tokens, "use_chat_template": use_chat_template,
+            "options": options, "model_identity": identity,
+            # as Scorer composes it
+            "identity": f"{identity}|{load_template(template).name}|{max_context_tokens}"}
+
+
+def scorer_identity(backend: str, model: str | Path, **settings) -> str:
+    """The ``identity`` of the scorer that ``load_scorer`` with these arguments makes."""
+    return resolve(backend, model, **settings)["identity"]
+
+
+def load_scorer(backend: str, model: str | Path, *, cache_dir: Path | None = None,
+                **settings) -> Scorer:
+    """A scorer with backend ``vllm`` (in-process engine), ``openai`` (servers by URL,
+    ``urls=[...]``) or ``hf`` (transformers); ``settings`` as in `resolve`."""
+    r = resolve(backend, model, **settings)
+    model, options = r["model"], r["options"]
+    tok = load_tokenizer(model, r["tokenizer"])
+    builder = PromptBuilder(tok, load_template(r["template"]),
+                            max_context_tokens=r["max_context_tokens"],
+                            use_chat_template=r["use_chat_template"])
     if backend == "hf":
         from stage2_rerank.backends.hf import HFBackend
 
@@ -234,4 +251,4 @@ def load_scorer(backend: str, model: str | Path, *, cache_dir: Path | None = Non
     else:
         raise ValueError(f"unknown backend {backend!r}; choose vllm, openai or hf")
     cache = ScoreCache(Path(cache_dir) / "scores.sqlite") if cache_dir else None
-    return Scorer(impl, builder, identity=identity, cache=cache)
+    return Scorer(impl, builder, identity=r["model_identity"], cache=cache)

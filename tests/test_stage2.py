@@ -294,3 +294,14 @@ def test_cache_is_safe_when_two_processes_write(tmp_path):
     cache = ScoreCache(Path(path))
     assert len(cache) == 300
     assert cache.get_many("m", ["k0", "k150", "k299"]) == [0.0, 0.5, 0.99]
+
+
+@pytest.mark.parametrize("settings", [{}, {"template": "rerank_v1", "max_context_tokens": 48}])
+def test_identity_known_without_loading_the_model(tiny_llm_dir, settings):
+    """A driver that leaves the LLM to its workers records the identity they will have."""
+    from stage2_rerank.scorer import scorer_identity
+
+    assert scorer_identity("hf", tiny_llm_dir, **settings) == \
+        load_scorer("hf", tiny_llm_dir, **settings).identity
+    with pytest.raises(ValueError, match="needs the vllm backend"):
+        scorer_identity("hf", tiny_llm_dir, lora=True)
