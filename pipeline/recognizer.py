@@ -36,9 +36,10 @@ def default_backend() -> str:
         return "hf"
 
 
-def load_ensemble(path: Path, inference_config=None):
+def load_ensemble(path: Path, inference_config=None, models: bool = True):
     """The stage-1 ensemble of folder ``path`` (with an ``InferenceConfig``, or the JSON
-    file of one, if given)."""
+    file of one, if given); ``models=False``: its manifest, checked, without loading the
+    models (for a driver whose workers hold them)."""
     from stage1_ensemble.config import InferenceConfig, load_config
     from stage1_ensemble.ensemble import Ensemble
 
@@ -46,7 +47,8 @@ def load_ensemble(path: Path, inference_config=None):
         config = load_config(inference_config, InferenceConfig) \
             if isinstance(inference_config, (str, Path)) else inference_config
         ensemble = Ensemble.load(path, config)
-        ensemble.load_models()  # a broken member stops here, not as every document failing
+        if models:  # a broken member stops here, not as every document failing
+            ensemble.load_models()
         return ensemble
     except (FileNotFoundError, ValueError) as exc:
         raise PipelineError(str(exc)) from None

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from pipeline.documents import Document, Span
 from pipeline.errors import PipelineError, is_document_fault
-from pipeline.predict import needs_llm, stage_one, stage_two
 from pipeline.thresholds import Thresholds
 from pipeline.writers import atomic_write, folder_lock, jsonl_record, write_corpus
 
@@ -119,6 +118,7 @@ def chunk_records(docs: Sequence[Document], found: Sequence[Sequence[Span]], *, 
                   thresholds: Thresholds, seconds: dict[str, float]) -> list[dict]:
     """Stage-1 candidates ``found`` of each document -> scores -> kept spans -> the
     document's record in a part file."""
+    from pipeline.predict import needs_llm, stage_two
     too_long = [0] * len(docs)
     candidates, kept = stage_two(docs, found, scorer=scorer, thresholds=thresholds,
                                  seconds=seconds, too_long=too_long)
@@ -149,6 +149,7 @@ def chunk_records(docs: Sequence[Document], found: Sequence[Sequence[Span]], *, 
 def process_chunk(docs: Sequence[Document], *, ensemble, scorer, thresholds: Thresholds,
                   char_cache, summary: RunSummary) -> list[dict]:
     """documents -> character probabilities -> candidates -> scores -> kept spans."""
+    from pipeline.predict import stage_one  # (imports torch: not for a reader of parts)
     found = stage_one(docs, ensemble=ensemble, thresholds=thresholds, char_cache=char_cache,
                       seconds=summary.seconds)
     return chunk_records(docs, found, scorer=scorer, thresholds=thresholds,

@@ -65,11 +65,29 @@ class OutputSettings(Strict):
         return value
 
 
+class RaySettings(Strict):
+    """Where and with what a run on Ray goes (``engine = "ray"``). Pool sizes and resources
+    left unset come from the cluster's resources (``pipeline.ray_engine.plan``)."""
+
+    address: str | None = None  # a running cluster ("auto", "ray://host:10001"); None:
+    # a Ray of this machine, started for the run and shut down after it
+    stage1_actors: int | None = Field(None, ge=1)  # actors holding the ensemble
+    stage1_cpus: float | None = Field(None, gt=0)  # CPUs each claims (fractions allowed)
+    stage1_gpus: float | None = Field(None, ge=0)  # GPUs each claims (0.5: two a GPU)
+    llm_actors: int | None = Field(None, ge=1)  # actors holding an LLM scorer
+    llm_cpus: float | None = Field(None, gt=0)
+    llm_gpus: float | None = Field(None, ge=0)
+    # a run in which no part is finished for this long stops and says why, not hangs
+    stall_seconds: float = Field(1800.0, gt=0)
+
+
 class RunConfig(Strict):
     ensemble: EnsembleSettings = Field(default_factory=EnsembleSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    engine: Literal["local", "ray"] = "local"  # what runs the stages (the outputs are the same)
+    ray: RaySettings = Field(default_factory=RaySettings)
 
 
 # Settings that change how a run goes, not what it writes: a resumed run (or a shard to
@@ -77,7 +95,7 @@ class RunConfig(Strict):
 HOW_ONLY = ("output.formats", "output.chunk_size", "output.shard", "ensemble.path",
             "ensemble.cache_dir", "ensemble.inference.batch_size", "ensemble.inference.device",
             "ensemble.inference.compile", "ensemble.inference.width_multiple", "llm.urls",
-            "llm.server")
+            "llm.server", "engine", "ray")
 
 
 def default_of(path: str) -> Any:

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 
 class ScoreCache:
+    """Scores per (model, prompt key) in one SQLite file (WAL: several processes share it).
+    One connection, usable from any thread of its process (a Ray actor is called from
+    another thread than the one that made it), one call at a time."""
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                       check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS scores (model TEXT NOT NULL, "
                              "prompt TEXT NOT NULL, score REAL, PRIMARY KEY (model, prompt))")
@@ -28,19 +35,24 @@ class ScoreCache:
 
     def get_many(self, model: str, keys: Sequence[str]) -> list[float | None]:
         found: dict[str, float] = {}
-        for i in range(0, len(keys), 500):
-            chunk = list(keys[i : i + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT prompt, score FROM scores WHERE model = ? AND prompt IN ({marks})",
-                [model, *chunk]).fetchall()
-            found.update(rows)
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i : i + 500])
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT prompt, score FROM scores WHERE model = ? AND prompt IN ({marks})",
+                    [model, *chunk]).fetchall()
+                found.update(rows)
         return [_valid(found.get(k)) for k in keys]
 
     def put_many(self, model: str, items: Sequence[tuple[str, float]]) -> None:
         for value in (v for _, v in items):
             if _valid(value) is None:
                 raise ValueError(f"not a probability: {value!r}")
+        with self._lock:
+            self._put(model, items)
+
+    def _put(self, model: str, items: Sequence[tuple[str, float]]) -> None:
         for attempt in range(5):
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -56,7 +68,8 @@ class ScoreCache:
                 time.sleep(0.1 * 2**attempt)
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()

@@ -19,7 +19,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 # Libraries whose INFO lines would bury the results: WARNING and above unless --verbose.
 CHATTY = ("vllm", "transformers", "datasets", "torch", "peft", "accelerate", "urllib3",
-          "filelock", "httpx")
+          "filelock", "httpx", "ray", "ray.data")
 
 
 def quiet_libraries(verbose: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -60,15 +61,33 @@ def run_command(
     llm_template: LlmTemplateOption = None,
     max_context_tokens: MaxContextOption = None,
     llm_lora: LlmLoraOption = None,
+    engine: Annotated[str | None, typer.Option(
+        help="local (this process, the default) or ray (a Ray cluster: the same outputs; "
+             "needs the ray extra).", rich_help_panel="Ray")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster to run on (e.g. auto, ray://head:10001); none: a Ray of this "
+             "machine for the run.", rich_help_panel="Ray")] = None,
+    stage1_actors: Annotated[int | None, typer.Option(
+        min=1, help="Ray actors holding the ensemble (default: from the cluster's resources).",
+        rich_help_panel="Ray")] = None,
+    stage1_gpus: Annotated[float | None, typer.Option(
+        min=0.0, help="GPUs each stage-1 actor claims (0.5: two a GPU; 0: CPUs only).",
+        rich_help_panel="Ray")] = None,
+    llm_actors: Annotated[int | None, typer.Option(
+        min=1, help="Ray actors holding an LLM scorer.", rich_help_panel="Ray")] = None,
+    llm_gpus: Annotated[float | None, typer.Option(
+        min=0.0, help="GPUs each LLM actor claims (0: CPUs only).", rich_help_panel="Ray")] = None,
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
 ) -> None:
     """Propose spans with the ensemble, judge them with the LLM, write what is kept.
 
-    Killed at any moment, the same command continues where it stopped."""
+    Killed at any moment, the same command continues where it stopped. With --engine ray
+    the work goes to a Ray cluster (more settings in the ray section of --config: CPUs per
+    actor, stall_seconds)."""
     from pipeline.errors import ReadReport
     from pipeline.readers import brat_stems, corpus_layout, open_corpus, stem_id
-    from pipeline.recognizer import char_cache, load_ensemble, load_llm, warn_unfit
+    from pipeline.recognizer import char_cache, llm_identity, load_ensemble, load_llm, warn_unfit
     from pipeline.run import in_shard, parse_shard, run_pipeline
     from pipeline.settings import run_record
     from pipeline.thresholds import Thresholds
@@ -83,29 +102,48 @@ def run_command(
                      llm__max_context_tokens=max_context_tokens, llm__lora=llm_lora,
                      thresholds__stage1=stage1_threshold, thresholds__stage2=stage2_threshold,
                      thresholds__file=thresholds, output__formats=formats, output__shard=shard,
-                     output__chunk_size=chunk_size, ensemble__cache_dir=cache_dir)
+                     output__chunk_size=chunk_size, ensemble__cache_dir=cache_dir,
+                     engine=engine, ray__address=ray_address, ray__stage1_actors=stage1_actors,
+                     ray__stage1_gpus=stage1_gpus, ray__llm_actors=llm_actors,
+                     ray__llm_gpus=llm_gpus)
     share = parse_shard(cfg.output.shard)
     layout = corpus_layout(input, texts)  # a missing or unknown input: say so now
     th_source = cfg.thresholds.file
     th = Thresholds.load(th_source) if th_source else Thresholds.uniform(
         cfg.thresholds.stage1, cfg.thresholds.stage2)
     with folder_lock(output, "pipeline run"):  # before the slow loads: a second one stops now
-        ens = load_ensemble(cfg.ensemble.path, cfg.ensemble.inference)
-        th.check_classes(ens.classes, str(th_source))  # before the LLM loads
         cache = cfg.ensemble.cache_dir or cfg.ensemble.path / "cache"
-        scorer = load_llm(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None, cache,
-                          cfg.llm.prompt_and_backend())
+        engine_ = None
+        if cfg.engine == "ray":  # the workers load the models; this process reads and writes
+            from pipeline.ray_engine import check_installed
+
+            check_installed()
+            ens = load_ensemble(cfg.ensemble.path, cfg.ensemble.inference, models=False)
+            th.check_classes(ens.classes, str(th_source))
+            scorer = llm_identity(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None,
+                                  cfg.llm.prompt_and_backend())
+        else:
+            ens = load_ensemble(cfg.ensemble.path, cfg.ensemble.inference)
+            th.check_classes(ens.classes, str(th_source))  # before the LLM loads
+            scorer = load_llm(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None, cache,
+                              cfg.llm.prompt_and_backend())
         warn_unfit(th, ens, scorer, str(th_source) if th_source else "thresholds")
         report = ReadReport()
-        docs = open_corpus(input, texts=texts, lenient=True, report=report,
-                           classes=tuple(ens.classes), annotations=False)
+        reopen = partial(open_corpus, input, texts=texts, lenient=True,
+                         classes=tuple(ens.classes), annotations=False)
+        docs = reopen(report=report)
+        if cfg.engine == "ray":
+            from pipeline.ray_engine import RayEngine
+
+            engine_ = RayEngine(cfg, thresholds=th, ensemble=ens, reopen=reopen, shard=share)
         total = sum(in_shard(stem_id(stem), share) for stem in brat_stems(input)) \
             if layout in ("brat", "txt") else None  # this shard's documents
         record = run_record(cfg, ensemble=ens, scorer=scorer, thresholds=th, input=input)
         start = time.perf_counter()
         with progress_display() as progress:
             task = progress.add_task("pipeline run", total=total, unit="docs", rate="")
-            follow_llm(progress, scorer)
+            if engine_ is None:
+                follow_llm(progress, scorer)
 
             def on_chunk(summary, n: int) -> None:
                 elapsed = max(time.perf_counter() - start, 1e-9)
@@ -116,8 +154,9 @@ def run_command(
             summary = run_pipeline(docs, out=output, ensemble=ens, scorer=scorer, thresholds=th,
                                    settings=record, formats=cfg.output.formats, shard=share,
                                    chunk_size=cfg.output.chunk_size,
-                                   char_cache=char_cache(cache, ens), on_chunk=on_chunk,
-                                   unreadable=report.failed_documents)
+                                   char_cache=None if engine_ else char_cache(cache, ens),
+                                   on_chunk=on_chunk, unreadable=report.failed_documents,
+                                   engine=engine_)
             # the unreadable documents, accounted for at the end: the bar ends full
             progress.update(task, completed=summary.written + summary.empty + len(summary.failed))
         s = summary.as_dict()
