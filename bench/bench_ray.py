@@ -13,6 +13,7 @@ ratio.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -79,12 +80,15 @@ def main() -> None:
         on_ray = timed_run([*common, "--cache-dir", str(tmp / "c_ray"), "--engine", "ray"],
                            tmp / "ray")
         same = same_outputs(tmp / "local", tmp / "ray")
+        summary = json.loads((tmp / "ray" / "summary.json").read_text())
     print(f"{cpu_name()}, {os.cpu_count()} CPUs; {opts.docs} documents ({chars:,} characters), "
           f"ensemble {opts.ensemble.name}" + (f", LLM {opts.llm.name} ({opts.llm_backend})"
                                               if opts.llm else ", no LLM"))
     print(f"| engine | wall clock |\n|---|---|\n| local | {local:.1f} s |\n"
           f"| ray (a Ray of this machine) | {on_ray:.1f} s |")
     print(f"ray / local: {on_ray / local:.2f}x; outputs byte for byte the same: {same}")
+    print(f"Ray: pools {summary['pools']}; stage seconds {summary['seconds']}; both stages "
+          f"at work at once for {summary['stages_overlap_seconds']} s")
     if not same:
         sys.exit(1)
 

@@ -37,13 +37,12 @@ import os
 import pickle
 import queue
 import threading
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from pipeline.documents import Document
 from pipeline.errors import PipelineError
-from pipeline.run import RunSummary, chunk_records, chunked, guarded, in_shard
+from pipeline.run import RunSummary
 from pipeline.settings import RaySettings, RunConfig
 
 logger = logging.getLogger(__name__)
@@ -123,167 +122,6 @@ def threads_for(cpus: float) -> int:
     return max(1, round(cpus))
 
 
-# ---- what runs on the cluster -------------------------------------------------------------
-
-class CorpusFeeder:
-    """The chunks of the corpus by number, read in order by the project's own reader.
-
-    Lives on the driver's machine (where the input is). A chunk asked for ahead of its turn
-    is read up to, and the ones passed on the way are kept until asked for; one asked for
-    again (a read task retried after a lost node) is read again from the start."""
-
-    def __init__(self, reopen: Callable[[], Iterable[Document]], shard: tuple[int, int],
-                 chunk_size: int) -> None:
-        self.reopen, self.shard, self.chunk_size = reopen, shard, chunk_size
-        self._start()
-
-    def _start(self) -> None:
-        mine = (d for d in self.reopen() if in_shard(d.id, self.shard))
-        self.chunks = enumerate(chunked(mine, self.chunk_size))
-        self.next = 0
-        self.waiting: dict[int, list[Document]] = {}
-
-    def chunk(self, k: int) -> bytes:
-        if k in self.waiting:
-            return pickle.dumps(self.waiting.pop(k))
-        if k < self.next:
-            self._start()
-        for i, docs in self.chunks:
-            self.next = i + 1
-            if i == k:
-                return pickle.dumps(docs)
-            self.waiting[i] = docs
-        raise PipelineError(f"the corpus has no chunk {k} any more: it changed during the run")
-
-
-def read_chunks(batch: dict, feeder) -> dict:
-    import ray
-
-    ks = [int(k) for k in batch["k"]]
-    return {"k": ks, "docs": [ray.get(feeder.chunk.remote(k)) for k in ks],
-            "error": [b""] * len(ks)}
-
-
-# What a stage raises is carried to the driver as data, not raised inside Ray: Ray Data
-# wraps a raised exception into its own and loses the original's type (which decides, as in
-# a local run, whether the run stops as transient, refused or a bug: pipeline.errors).
-# Batches are of one chunk (batch_size=1), so an error belongs to that chunk.
-STAGE1_COLUMNS = ("docs", "found", "stage1_seconds", "settings")
-STAGE2_COLUMNS = ("records", "stage1_seconds", "stage2_seconds", "settings")
-
-
-def carried(stage: Callable[[dict], dict], batch: dict, columns: tuple[str, ...]) -> dict:
-    """``stage(batch)``; a batch that carries an error, or whose stage raises, goes on as
-    its error (the stage's other output ``columns`` empty)."""
-    n = len(batch["k"])
-    error = next((e for e in batch["error"] if e), b"")
-    if not error:
-        try:
-            return stage(batch)
-        except Exception as exc:
-            exc.add_note(f"(in a Ray worker of the stage {stage.__name__}):\n"
-                         + "".join(traceback.format_exception(exc)))
-            try:
-                error = pickle.dumps(exc)
-            except Exception:  # an exception that does not pickle: its words, at least
-                error = pickle.dumps(PipelineError(f"{type(exc).__name__}: {exc}"))
-    empty = {"stage1_seconds": 0.0, "stage2_seconds": 0.0, "settings": ""}
-    return {"k": list(batch["k"]), "error": [error] * n,
-            **{c: [empty.get(c, b"")] * n for c in columns}}
-
-
-def _torch_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-class Stage1Worker:
-    """An actor holding the ensemble: documents -> stage-1 candidates (or, for a document
-    at fault, its failure record)."""
-
-    def __init__(self, config: str, thresholds: str, threads: int) -> None:
-        from pipeline.recognizer import char_cache, load_ensemble
-        from pipeline.thresholds import Thresholds
-
-        _torch_threads(threads)
-        cfg = RunConfig.model_validate_json(config)
-        self.ensemble = load_ensemble(cfg.ensemble.path, cfg.ensemble.inference)
-        self.cache = char_cache(cfg.ensemble.cache_dir or cfg.ensemble.path / "cache",
-                                self.ensemble)
-        self.thresholds = Thresholds.model_validate_json(thresholds)
-        self.settings = json.dumps(self.ensemble.output_settings, sort_keys=True)
-
-    def __call__(self, batch: dict) -> dict:
-        return carried(self.stage_one, batch, STAGE1_COLUMNS)
-
-    def stage_one(self, batch: dict) -> dict:
-        from pipeline.predict import stage_one
-
-        found, seconds = [], []
-        for blob in batch["docs"]:
-            docs = pickle.loads(blob)
-            spent = {"stage1": 0.0}
-            results = guarded(docs, lambda idx, docs=docs, spent=spent: stage_one(
-                [docs[i] for i in idx], ensemble=self.ensemble, thresholds=self.thresholds,
-                char_cache=self.cache, seconds=spent))
-            found.append(pickle.dumps(results))
-            seconds.append(spent["stage1"])
-        return {"k": list(batch["k"]), "docs": list(batch["docs"]), "found": found,
-                "stage1_seconds": seconds, "settings": [self.settings] * len(found),
-                "error": list(batch["error"])}
-
-
-class Stage2Worker:
-    """An actor holding an LLM scorer (none: plain tasks make it without one): stage-1
-    candidates -> scores -> kept spans -> the chunk's part-file records."""
-
-    def __init__(self, config: str, thresholds: str, threads: int, llm: bool = True) -> None:
-        from pipeline.recognizer import load_llm
-        from pipeline.thresholds import Thresholds
-
-        self.scorer = None
-        if llm:
-            _torch_threads(threads)
-            cfg = RunConfig.model_validate_json(config)
-            self.scorer = load_llm(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None,
-                                   cfg.ensemble.cache_dir or cfg.ensemble.path / "cache",
-                                   cfg.llm.prompt_and_backend())
-        self.thresholds = Thresholds.model_validate_json(thresholds)
-
-    def records(self, docs: list[Document], found: list, spent: dict) -> list[dict]:
-        """The records of one chunk (stage 1's failure records kept as they are)."""
-        live = [i for i, f in enumerate(found) if not isinstance(f, dict)]
-
-        def work(idx: list[int]) -> list[dict]:
-            return chunk_records([docs[live[j]] for j in idx], [found[live[j]] for j in idx],
-                                 scorer=self.scorer, thresholds=self.thresholds, seconds=spent)
-
-        done = iter(guarded([docs[i] for i in live], work))
-        return [f if isinstance(f, dict) else next(done) for f in found]
-
-    def __call__(self, batch: dict) -> dict:
-        return carried(self.stage_two, batch, STAGE2_COLUMNS)
-
-    def stage_two(self, batch: dict) -> dict:
-        parts, seconds = [], []
-        for blob, found in zip(batch["docs"], batch["found"]):
-            spent = {"stage2": 0.0}
-            parts.append(pickle.dumps(self.records(pickle.loads(blob), pickle.loads(found),
-                                                   spent)))
-            seconds.append(spent["stage2"])
-        return {"k": list(batch["k"]), "records": parts,
-                "stage1_seconds": list(batch["stage1_seconds"]), "stage2_seconds": seconds,
-                "settings": list(batch["settings"]), "error": list(batch["error"])}
-
-
-def finish_without_llm(batch: dict, thresholds: str) -> dict:
-    """Stage 2 of a run without an LLM: the records, in a plain task."""
-    return Stage2Worker("", thresholds, 1, llm=False)(batch)
-
-
-# ---- the driver's side --------------------------------------------------------------------
-
 def import_ray():
     """``ray`` with Ray Data, imported keeping the log levels set before (Ray sets its
     loggers to INFO when imported; the CLI has them at WARNING, DEBUG with --verbose)."""
@@ -300,6 +138,23 @@ def import_ray():
     return ray
 
 
+def probe(address: str, seconds: float = 10.0) -> None:
+    """A ConnectionError unless something listens at ``address`` (``host:port`` or
+    ``ray://host:port``; ``auto`` is Ray's own to find): ``ray.init`` waits for an absent
+    cluster for minutes, saying only that it retries."""
+    import socket
+
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({exc}); is it started "
+                              "(`ray start --head`), and is that its address?") from None
+
+
 def start_ray(address: str | None, **options) -> bool:
     """Connect to the cluster at ``address``, or start a Ray of this machine (None).
     False if this process is already connected (then it is not ours to shut down)."""
@@ -307,12 +162,14 @@ def start_ray(address: str | None, **options) -> bool:
 
     if ray.is_initialized():
         return False
+    if address:
+        probe(address)
     try:
         ray.init(address=address, include_dashboard=False, configure_logging=False,
                  log_to_driver=False, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a Ray of this machine"
-        raise PipelineError(f"could not start or reach {where}: {exc}") from None
+        raise ConnectionError(f"could not start or reach {where}: {exc}") from None
     return True
 
 
@@ -327,6 +184,50 @@ def plain_error(exc: BaseException) -> BaseException:
             break
         exc = inner
     return exc
+
+
+class Rows:
+    """The rows of a dataset, pulled by a thread of their own (Ray's iterator has no time
+    limit), so that the driver waits for each with one. ``close`` stops the pulling at the
+    next row, which ends the dataset's execution (its actors with it)."""
+
+    END = object()
+
+    def __init__(self, ds) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.stop = threading.Event()
+        threading.Thread(target=self._pull, args=(ds,), name="ray-rows", daemon=True).start()
+
+    def _pull(self, ds) -> None:
+        try:
+            for row in ds.iter_rows():
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put(row, timeout=1.0)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop.is_set():
+                    return  # leaving the loop closes Ray's iterator
+            self.queue.put(self.END)
+        except BaseException as exc:  # handed to the driver's thread
+            self.queue.put(exc)
+
+    def next(self, seconds: float, stalled: Callable[[], str]):
+        """The next row, or END; what a stage raised, raised here (as in a local run);
+        a TimeoutError saying ``stalled()`` after ``seconds`` without one."""
+        try:
+            row = self.queue.get(timeout=seconds)
+        except queue.Empty:  # the run stops as after a service fault, and says why
+            raise TimeoutError(stalled()) from None
+        if isinstance(row, BaseException):
+            raise plain_error(row)
+        if row is not self.END and row["error"]:
+            raise pickle.loads(row["error"])
+        return row
+
+    def close(self) -> None:
+        self.stop.set()
 
 
 class RayEngine:
@@ -346,6 +247,8 @@ class RayEngine:
         self.llm = config.llm.model is not None
         self.resources: dict[str, float] = {}
         self.pools: Pools | None = None
+        # (start, end) wall-clock times of each chunk's work in each stage
+        self.busy: dict[str, list[tuple[float, float]]] = {"stage1": [], "stage2": []}
 
     def process(self, chunks: Iterable[tuple[int, list[Document]]],
                 summary: RunSummary) -> Iterator[tuple[int, list[dict]]]:
@@ -362,6 +265,14 @@ class RayEngine:
                 ray.shutdown()
 
     def _dataset(self, ks: list[int]):
+        from pipeline.ray_workers import (
+            CorpusFeeder,
+            Stage1Worker,
+            Stage2Worker,
+            finish_without_llm,
+            read_chunks,
+        )
+
         ray = import_ray()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -379,11 +290,12 @@ class RayEngine:
         config = self.config.model_dump_json()
         thresholds = self.thresholds.model_dump_json()
         ds = ray.data.from_items([{"k": k} for k in ks], override_num_blocks=min(len(ks), 10_000))
+        light = min(2, len(ks))
         # Light tasks claim little CPU, so that they always find room, and run few at a
         # time: each new worker process costs seconds to start, and the feeder serves one
         # chunk at a time anyway
         ds = ds.map_batches(read_chunks, batch_size=1, num_cpus=READ_CPUS,
-                            compute=ray.data.TaskPoolStrategy(size=2),
+                            compute=ray.data.TaskPoolStrategy(size=light),
                             fn_kwargs={"feeder": feeder})
         ds = ds.map_batches(Stage1Worker, batch_size=1,
                             fn_constructor_kwargs={"config": config, "thresholds": thresholds,
@@ -399,7 +311,7 @@ class RayEngine:
                                 num_cpus=pools.llm_cpus, num_gpus=pools.llm_gpus)
         else:
             ds = ds.map_batches(finish_without_llm, batch_size=1, num_cpus=READ_CPUS,
-                                compute=ray.data.TaskPoolStrategy(size=2),
+                                compute=ray.data.TaskPoolStrategy(size=light),
                                 fn_kwargs={"thresholds": thresholds})
         return ds
 
@@ -412,41 +324,29 @@ class RayEngine:
         context.issue_detectors_config.detectors = []  # its advice is for other workloads
         ds = self._dataset(sorted(sizes))
         expected = json.dumps(self.ensemble.output_settings, sort_keys=True)
-        rows: queue.Queue = queue.Queue(maxsize=4)
-        done = object()
-
-        def pull() -> None:  # Ray's iterator has no timeout: it runs beside the wait
-            try:
-                for row in ds.iter_rows():
-                    rows.put(row)
-                rows.put(done)
-            except BaseException as exc:  # handed to the driver's thread
-                rows.put(exc)
-
-        threading.Thread(target=pull, name="ray-rows", daemon=True).start()
+        rows = Rows(ds)
         left = set(sizes)
-        while left:
-            try:
-                row = rows.get(timeout=self.config.ray.stall_seconds)
-            except queue.Empty:
-                raise PipelineError(self._stalled(len(left))) from None
-            if row is done:
-                raise PipelineError(f"the Ray pipeline ended with {len(left)} chunk(s) not "
-                                    f"done (the first: part {min(left)}); run it again")
-            if isinstance(row, BaseException):
-                raise plain_error(row)
-            if row["error"]:
-                raise pickle.loads(row["error"])
-            if row["settings"] != expected:
-                raise PipelineError(
-                    f"the stage-1 workers compute with {row['settings']} where this machine "
-                    f"would use {expected} (the outputs would differ from a local run's): set "
-                    "ensemble.inference.bf16 (and device) in the run configuration")
-            k = int(row["k"])
-            summary.seconds["stage1"] += float(row["stage1_seconds"])
-            summary.seconds["stage2"] += float(row["stage2_seconds"])
-            left.discard(k)
-            yield k, pickle.loads(row["records"])
+        try:
+            while left:
+                row = rows.next(self.config.ray.stall_seconds, lambda: self._stalled(len(left)))
+                if row is Rows.END:
+                    raise PipelineError(f"the Ray pipeline ended with {len(left)} chunk(s) not "
+                                        f"done (the first: part {min(left)}); run it again")
+                if row["settings"] != expected:
+                    raise PipelineError(
+                        f"the stage-1 workers compute with {row['settings']} where this "
+                        f"machine would use {expected} (the outputs would differ from a local "
+                        "run's): set ensemble.inference.bf16 (and device) in the run "
+                        "configuration")
+                k = int(row["k"])
+                for stage in ("stage1", "stage2"):
+                    took, at = float(row[f"{stage}_seconds"]), float(row[f"{stage}_at"])
+                    summary.seconds[stage] += took
+                    self.busy[stage].append((at, at + took))
+                left.discard(k)
+                yield k, pickle.loads(row["records"])
+        finally:
+            rows.close()
 
     def _stalled(self, left: int) -> str:
         pools = self.pools.as_dict() if self.pools else {}
@@ -456,8 +356,36 @@ class RayEngine:
                 "LLM may need a longer ray.stall_seconds. The parts written so far are kept.")
 
     def describe(self) -> dict:
+        """For summary.json: the engine, the cluster, the pools, and for how many seconds
+        both stages were at work at once (the LLM's pool not waiting on stage 1, or the
+        other way round; 0 for a run without an LLM, whose stage 2 is bookkeeping)."""
+        both = overlap(self.busy["stage1"], self.busy["stage2"]) if self.llm else 0.0
         return {"engine": self.name, "cluster": self.resources,
-                "pools": self.pools.as_dict() if self.pools else {}}
+                "pools": self.pools.as_dict() if self.pools else {},
+                "stages_overlap_seconds": round(both, 3)}
+
+
+def union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Seconds during which some span of ``a`` and some span of ``b`` both run."""
+    total, x, y = 0.0, union(a), union(b)
+    i = j = 0
+    while i < len(x) and j < len(y):
+        total += max(0.0, min(x[i][1], y[j][1]) - max(x[i][0], y[j][0]))
+        if x[i][1] < y[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
 
 
 def check_installed() -> None:

@@ -53,7 +53,7 @@ class RunSummary:
 
     def as_dict(self) -> dict:
         return {"written": self.written, "empty": self.empty, "failed": len(self.failed),
-                "failures": [{"id": i, "reason": r} for i, r in self.failed],
+                "failures": [{"id": i, "reason": r} for i, r in sorted(self.failed)],
                 "candidates": self.candidates, "llm_calls": self.llm_calls,
                 "too_long": self.too_long, "kept_spans": self.kept, "seconds": {k: round(v, 3)
                                                      for k, v in self.seconds.items()},

@@ -12,11 +12,15 @@ class FakeServer:
     """A vLLM-like /v1/completions on 127.0.0.1 whose answers depend on the prompt ids."""
 
     def __init__(self, *, delay: float = 0.0, die_after: int | None = None,
-                 models: list | None = None, down_after: int | None = None) -> None:
+                 models: list | None = None, down_after: int | None = None,
+                 refuse_longer_than: int | None = None) -> None:
         """``die_after`` requests, it closes each connection unanswered; ``down_after``
-        requests, it answers 503 (overloaded) until ``down_after`` is set to None."""
+        requests, it answers 503 (overloaded) until ``down_after`` is set to None; a
+        request holding a prompt of more than ``refuse_longer_than`` ids is refused (400),
+        as vLLM refuses one longer than its model takes."""
         self.requests, self.delay, self.die_after = 0, delay, die_after
         self.down_after = down_after
+        self.refuse_longer_than = refuse_longer_than
         self.gets = 0
         outer = self
 
@@ -43,6 +47,10 @@ class FakeServer:
                     return
                 if outer.down_after is not None and outer.requests > outer.down_after:
                     self.send_error(503, "overloaded")
+                    return
+                limit = outer.refuse_longer_than
+                if limit is not None and any(len(p) > limit for p in body["prompt"]):
+                    self.send_error(400, f"a prompt is longer than {limit} tokens")
                     return
                 time.sleep(outer.delay)
                 yes, no = body["logprob_token_ids"]

@@ -93,6 +93,30 @@ def test_same_bytes_as_a_local_run_with_an_llm(local_ray, tiny_ensemble, tiny_ll
     assert summary["seconds"]["stage2"] > 0
 
 
+@pytest.mark.vllm
+def test_llm_actors_hold_in_process_vllm_engines(local_ray, tiny_ensemble, tmp_path):
+    """The vllm backend in the LLM actors (each its own engine; on CPUs here): the bytes of
+    a local run with the same engine."""
+    pytest.importorskip("vllm")
+    from tests.tiny_llm import tiny_llama
+
+    llm = tiny_llama(tmp_path / "llm")  # head_dim 32: what vLLM's CPU attention takes
+    config = tmp_path / "llm.json"
+    config.write_text('{"dtype": "float32", "max_model_len": 2048}')
+    common = ["--input", corpus(tmp_path, n=6), "--ensemble", tiny_ensemble, "--llm", llm,
+              "--llm-backend", "vllm", "--llm-config", config, "--stage1-threshold", 0.5,
+              "--stage2-threshold", 0.4, "--chunk-size", 3, "--format", "tsv,jsonl,brat"]
+    env = dict(os.environ, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
+    local = subprocess.run([sys.executable, "-m", "pipeline", "run", *map(str, common),
+                            "--output", str(tmp_path / "local")], env=env,
+                           capture_output=True, text=True, timeout=400)
+    assert local.returncode == 0, local.stderr[-3000:]
+    code, _, err = run_cli("run", *common, "--output", tmp_path / "ray", "--engine", "ray")
+    assert code == 0, err
+    assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
+    assert json.loads((tmp_path / "ray" / "summary.json").read_text())["llm_calls"] > 0
+
+
 def test_the_llm_service_down_stops_the_run_and_fails_no_document(
         local_ray, tiny_ensemble, tiny_llm_dir, tmp_path):
     from tests.fake_llm_server import FakeServer
@@ -123,6 +147,68 @@ def test_the_llm_service_down_stops_the_run_and_fails_no_document(
     finally:
         server.close()
     assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
+
+
+def test_a_document_refused_by_the_llm_fails_alone_as_in_a_local_run(
+        local_ray, tiny_ensemble, tiny_llm_dir, tmp_path):
+    from tests.fake_llm_server import FakeServer
+    from tests.tiny_models import SENTENCES
+
+    src = corpus(tmp_path)
+    (src / "long.txt").write_text(" ".join([SENTENCES[0]] * 60), encoding="utf-8")
+    common = ("--input", src, "--ensemble", tiny_ensemble, "--llm", tiny_llm_dir,
+              "--stage1-threshold", 0.5, "--stage2-threshold", 0.4)
+    server = FakeServer(refuse_longer_than=900)  # its prompts are longer: HTTP 400
+    try:
+        for out, more in (("local", ()), ("ray", ("--engine", "ray"))):
+            code, _, err = pipeline_run(*common, "--llm-url", server.url, "--output",
+                                        tmp_path / out, "--cache-dir", tmp_path / f"c_{out}",
+                                        *more)
+            assert code == 0, err
+    finally:
+        server.close()
+    assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
+    failures = {out: json.loads((tmp_path / out / "summary.json").read_text())["failures"]
+                for out in ("local", "ray")}
+    assert failures["ray"] == failures["local"]
+    assert sorted(f["id"] for f in failures["ray"]) == ["broken", "long"]
+    assert "HTTP 400" in [f for f in failures["ray"] if f["id"] == "long"][0]["reason"]
+
+
+def test_a_run_that_makes_no_progress_stops_and_says_why(local_ray, tiny_ensemble, tmp_path):
+    """No part within ray.stall_seconds (here less than an actor takes to start): the run
+    stops with exit 1, naming what the pools asked of the cluster, instead of hanging."""
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"ray": {"stall_seconds": 0.5}}))
+    code, _, err = pipeline_run("--input", corpus(tmp_path), "--ensemble", tiny_ensemble,
+                                "--output", tmp_path / "ray", "--engine", "ray",
+                                "--config", config)
+    assert code == 1, err
+    assert "no chunk finished in 0.5 s" in err and "stage1_actors" in err
+    assert "same command continues" in err and "Traceback" not in err
+
+
+def test_an_address_where_no_cluster_listens_fails_at_once(tiny_ensemble, tmp_path):
+    """Ray itself would retry for minutes; the run says what is wrong in seconds."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", "--input",
+                           str(corpus(tmp_path)), "--ensemble", str(tiny_ensemble), "--output",
+                           str(tmp_path / "out"), "--engine", "ray", "--ray-address",
+                           f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in done.stderr, done.stderr[-2000:]
+
+
+def test_overlap_of_busy_times():
+    from pipeline.ray_engine import overlap
+
+    assert overlap([], [(0, 1)]) == 0
+    assert overlap([(0, 2), (1, 3), (5, 6)], [(2.5, 5.5)]) == pytest.approx(1.0)
+    assert overlap([(0, 1)], [(1, 2)]) == 0
 
 
 def test_pools_fit_the_cluster():
