@@ -203,6 +203,24 @@ def test_an_address_where_no_cluster_listens_fails_at_once(tiny_ensemble, tmp_pa
     assert f"no Ray cluster answers at 127.0.0.1:{port}" in done.stderr, done.stderr[-2000:]
 
 
+def test_a_local_run_imports_no_ray_and_ray_sends_no_usage_statistics(tiny_ensemble,
+                                                                       tmp_path, monkeypatch):
+    script = ("import sys\nfrom pipeline.cli import main\nsys.argv = ['pipeline', 'run', "
+              f"'--input', {str(corpus(tmp_path))!r}, '--ensemble', {str(tiny_ensemble)!r}, "
+              f"'--output', {str(tmp_path / 'out')!r}]\n"
+              "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code\n"
+              "print('ray' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    from pipeline.ray_engine import import_ray
+
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    import_ray()
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"  # unless a site says otherwise
+
+
 def test_overlap_of_busy_times():
     from pipeline.ray_engine import overlap
 
