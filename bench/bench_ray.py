@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--llm-backend", default="hf")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--chunk-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, help="torch threads of both runs' model work")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -73,6 +74,8 @@ def main() -> None:
         chars = sum(len(p.read_text(encoding="utf-8")) for p in corpus.glob("*.txt"))
         common = ["--input", str(corpus), "--ensemble", str(opts.ensemble),
                   "--stage1-threshold", str(opts.threshold), "--chunk-size", str(opts.chunk_size)]
+        if opts.threads:
+            common += ["--threads", str(opts.threads)]
         if opts.llm:
             common += ["--llm", str(opts.llm), "--llm-backend", opts.llm_backend,
                        "--stage2-threshold", "0.5"]

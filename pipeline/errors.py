@@ -97,6 +97,9 @@ def kind_of(exc: BaseException) -> ErrorKind:
     if isinstance(exc, sqlite3.Error) or (isinstance(exc, OSError)
                                           and exc.errno in REFUSED_ERRNOS):
         return ErrorKind.REFUSAL
+    if type(exc).__name__ == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and
+                                                    "out of memory" in str(exc).lower()):
+        return ErrorKind.REFUSAL  # the device, not the document: never a failed document
     return ErrorKind.BUG
 
 

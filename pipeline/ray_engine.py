@@ -31,6 +31,7 @@ unless the environment says otherwise: clinical sites must not phone home.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -39,10 +40,11 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.documents import Document
 from pipeline.errors import PipelineError
-from pipeline.run import RunSummary
+from pipeline.run import CORPUS_CHANGED, RunSummary
 from pipeline.settings import RaySettings, RunConfig
 
 logger = logging.getLogger(__name__)
@@ -66,31 +68,37 @@ class Pools:
 
 
 def plan(settings: RaySettings, resources: dict[str, float], llm: bool,
-         largest: dict[str, float] | None = None) -> Pools:
+         largest: dict[str, float] | None = None, llm_on_gpu: bool = True) -> Pools:
     """The pools of a run on a cluster with ``resources`` (``ray.cluster_resources()``),
     whose largest node has ``largest`` (default: all of it): what ``settings`` gives, and
-    sensible defaults for the rest.
+    sensible defaults for the rest. ``llm_on_gpu``: the LLM runs in its actors (vllm, hf),
+    not on servers (openai), whose actors need no GPU.
 
     With GPUs, each stage-1 actor and each LLM actor gets one (both half of it on a
     machine of one GPU). Without, a tenth of the CPUs (at least half a CPU) is left to the
     readers and the driver's writes, and the rest is split between the two stages, in
-    actors of at most 4 CPUs (threads) each. Fractions are allowed throughout."""
-    cpus, gpus = float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0))
+    actors of at most 4 CPUs (threads) each. Fractions are allowed throughout. Pools that
+    could never all be placed are refused here, not found by a run that waits for ever."""
+    cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+    if cpus <= 0:
+        raise PipelineError("the Ray cluster has no CPUs (ray.cluster_resources() lists none)")
     spare = max(0.5, 0.1 * cpus)
     pools = 2 if llm else 1
     budget = max(cpus - spare, 0.25 * pools) / pools  # CPUs a stage may claim in all
+    llm_gpu_default = 0.0
     if gpus >= 1:
-        share = 0.5 if (gpus < 2 and llm) else 1.0
-        llm_gpus = settings.llm_gpus if settings.llm_gpus is not None else (share if llm else 0)
-        stage1_gpus = settings.stage1_gpus if settings.stage1_gpus is not None else share
+        share = 0.5 if (gpus < 2 and llm and llm_on_gpu) else 1.0
+        llm_gpu_default = share if (llm and llm_on_gpu) else 0.0
+    llm_gpus = settings.llm_gpus if settings.llm_gpus is not None else llm_gpu_default
+    stage1_gpus = settings.stage1_gpus if settings.stage1_gpus is not None else \
+        (share if gpus >= 1 else 0.0)
+    if gpus >= 1:
         llm_actors = settings.llm_actors or (max(1, int(gpus * 0.5 / llm_gpus)) if llm and
                                              llm_gpus else 1)
         left = gpus - (llm_actors * llm_gpus if llm else 0)
         stage1_actors = settings.stage1_actors or (max(1, int(left / stage1_gpus))
                                                    if stage1_gpus else 1)
     else:
-        llm_gpus = settings.llm_gpus or 0.0
-        stage1_gpus = settings.stage1_gpus or 0.0
         stage1_actors = settings.stage1_actors or max(1, int(budget // 4))
         llm_actors = settings.llm_actors or max(1, int(budget // 4))
     largest = largest or resources
@@ -98,23 +106,27 @@ def plan(settings: RaySettings, resources: dict[str, float], llm: bool,
     most = min(4.0, max(node_cpus - READ_CPUS, 0.1))  # what one actor may claim
     stage1_cpus = settings.stage1_cpus or round(min(most, budget / stage1_actors), 2)
     llm_cpus = settings.llm_cpus or round(min(most, budget / llm_actors), 2)
-    for name, each in (("stage1", stage1_cpus), ("llm", llm_cpus if llm else 0)):
+    if not llm:
+        llm_actors, llm_cpus, llm_gpus = 0, 0.0, 0.0
+    for name, each in (("stage1", stage1_cpus), ("llm", llm_cpus)):
         if each > node_cpus + 1e-9:
             raise PipelineError(f"each {name} actor asks for {each:g} CPUs and the largest "
                                 f"node of the cluster has {node_cpus:g}: it could never be "
                                 f"placed; claim less (ray.{name}_cpus)")
-    need = stage1_actors * stage1_cpus + (llm_actors * llm_cpus if llm else 0) + READ_CPUS
+    what = (f"{stage1_actors} stage-1 actor(s) × {{}}" +
+            (f", {llm_actors} LLM actor(s) × {{}}" if llm else ""))
+    need = stage1_actors * stage1_cpus + llm_actors * llm_cpus + READ_CPUS
     if need > cpus + 1e-9:
         raise PipelineError(
-            f"the Ray pools ask for {need:g} CPUs ({stage1_actors} stage-1 actor(s) × "
-            f"{stage1_cpus:g}" + (f", {llm_actors} LLM actor(s) × {llm_cpus:g}" if llm else "")
-            + f", and the readers) and the cluster has {cpus:g}: claim fractions "
+            f"the Ray pools ask for {need:g} CPUs ({what.format(f'{stage1_cpus:g}', f'{llm_cpus:g}')}"
+            f", and the readers) and the cluster has {cpus:g}: claim fractions "
             "(ray.stage1_cpus, ray.llm_cpus) or fewer actors, or it would wait forever")
-    for name, each, count in (("stage1", stage1_gpus, stage1_actors),
-                              ("llm", llm_gpus, llm_actors if llm else 0)):
-        if each * count > gpus + 1e-9:
-            raise PipelineError(f"the {name} pool asks for {each * count:g} GPUs and the "
-                                f"cluster has {gpus:g}: ray.{name}_gpus 0 runs it on CPUs")
+    need = stage1_actors * stage1_gpus + llm_actors * llm_gpus
+    if need > gpus + 1e-9:
+        raise PipelineError(
+            f"the Ray pools ask for {need:g} GPUs ({what.format(f'{stage1_gpus:g}', f'{llm_gpus:g}')}"
+            f") and the cluster has {gpus:g}: fewer actors, fractions, or 0 to run a pool on "
+            "CPUs (ray.stage1_gpus, ray.llm_gpus)")
     return Pools(stage1_actors, stage1_cpus, stage1_gpus, llm_actors, llm_cpus, llm_gpus)
 
 
@@ -201,17 +213,20 @@ class Rows:
     def _pull(self, ds) -> None:
         try:
             for row in ds.iter_rows():
-                while not self.stop.is_set():
-                    try:
-                        self.queue.put(row, timeout=1.0)
-                        break
-                    except queue.Full:
-                        continue
+                self._hand(row)
                 if self.stop.is_set():
                     return  # leaving the loop closes Ray's iterator
-            self.queue.put(self.END)
+            self._hand(self.END)
         except BaseException as exc:  # handed to the driver's thread
-            self.queue.put(exc)
+            self._hand(exc)
+
+    def _hand(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                continue
 
     def next(self, seconds: float, stalled: Callable[[], str]):
         """The next row, or END; what a stage raised, raised here (as in a local run);
@@ -223,7 +238,9 @@ class Rows:
         if isinstance(row, BaseException):
             raise plain_error(row)
         if row is not self.END and row["error"]:
-            raise pickle.loads(row["error"])
+            from pipeline.ray_workers import raise_payload
+
+            raise_payload(row["error"])
         return row
 
     def close(self) -> None:
@@ -241,10 +258,18 @@ class RayEngine:
     def __init__(self, config: RunConfig, *, thresholds, ensemble,
                  reopen: Callable[[], Iterable[Document]], shard: tuple[int, int] = (0, 1),
                  init_options: dict | None = None) -> None:
-        self.config, self.thresholds, self.ensemble = config, thresholds, ensemble
+        from pipeline.recognizer import resolve_backend
+        from pipeline.settings import anchored
+
+        # the workers' working folders are not this one: paths go to them absolute
+        self.config = RunConfig.model_validate(
+            anchored(config.model_dump(mode="json"), Path.cwd().resolve()))
+        self.thresholds, self.ensemble = thresholds, ensemble
         self.reopen, self.shard = reopen, shard
         self.init_options = init_options or {}
         self.llm = config.llm.model is not None
+        self.llm_on_gpu = resolve_backend(config.llm.model, config.llm.backend,
+                                          config.llm.urls or None) != "openai"
         self.resources: dict[str, float] = {}
         self.pools: Pools | None = None
         # (start, end) wall-clock times of each chunk's work in each stage
@@ -252,12 +277,14 @@ class RayEngine:
 
     def process(self, chunks: Iterable[tuple[int, list[Document]]],
                 summary: RunSummary) -> Iterator[tuple[int, list[dict]]]:
-        sizes = {k: len(chunk) for k, chunk in chunks}  # reads the corpus; keeps no text
-        if not sizes:
+        # the driver's own read of the corpus: a digest of each chunk's documents (no text),
+        # against which what comes back is checked
+        digests = {k: ids_digest(d.id for d in chunk) for k, chunk in chunks}
+        if not digests:
             return
         started = start_ray(self.config.ray.address, **self.init_options)
         try:
-            yield from self._run(sizes, summary)
+            yield from self._run(digests, summary)
         finally:
             if started:
                 import ray
@@ -281,12 +308,13 @@ class RayEngine:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         self.resources["nodes"] = len(nodes)
         largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default=None)
-        pools = self.pools = plan(self.config.ray, self.resources, self.llm, largest)
+        pools = self.pools = plan(self.config.ray, self.resources, self.llm, largest,
+                                  self.llm_on_gpu)
         here = ray.get_runtime_context().get_node_id()  # the input is on this machine
         feeder = ray.remote(CorpusFeeder).options(
             num_cpus=0, max_restarts=-1, max_task_retries=-1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-        ).remote(self.reopen, self.shard, self.config.output.chunk_size)
+        ).remote(self.reopen, self.shard, self.config.output.chunk_size, ks)
         config = self.config.model_dump_json()
         thresholds = self.thresholds.model_dump_json()
         ds = ray.data.from_items([{"k": k} for k in ks], override_num_blocks=min(len(ks), 10_000))
@@ -299,14 +327,15 @@ class RayEngine:
                             fn_kwargs={"feeder": feeder})
         ds = ds.map_batches(Stage1Worker, batch_size=1,
                             fn_constructor_kwargs={"config": config, "thresholds": thresholds,
-                                                   "threads": threads_for(pools.stage1_cpus)},
+                                                   "threads": self.threads(pools.stage1_cpus)},
                             compute=ray.data.ActorPoolStrategy(size=pools.stage1_actors),
                             num_cpus=pools.stage1_cpus, num_gpus=pools.stage1_gpus)
         if self.llm:
             ds = ds.map_batches(Stage2Worker, batch_size=1,
                                 fn_constructor_kwargs={"config": config,
                                                        "thresholds": thresholds,
-                                                       "threads": threads_for(pools.llm_cpus)},
+                                                       "threads": self.threads(pools.llm_cpus),
+                                                       "gpu_share": pools.llm_gpus},
                                 compute=ray.data.ActorPoolStrategy(size=pools.llm_actors),
                                 num_cpus=pools.llm_cpus, num_gpus=pools.llm_gpus)
         else:
@@ -315,17 +344,21 @@ class RayEngine:
                                 fn_kwargs={"thresholds": thresholds})
         return ds
 
-    def _run(self, sizes: dict[int, int], summary: RunSummary
+    def threads(self, cpus: float) -> int:
+        """torch threads of an actor claiming ``cpus``: the run's setting, else its CPUs."""
+        return self.config.threads or threads_for(cpus)
+
+    def _run(self, digests: dict[int, bytes], summary: RunSummary
              ) -> Iterator[tuple[int, list[dict]]]:
         context = import_ray().data.DataContext.get_current()
         context.enable_progress_bars = False  # the run's own progress says it
         context.print_on_execution_start = False
         context.raise_original_map_exception = True  # what a worker raised, not a wrapper
         context.issue_detectors_config.detectors = []  # its advice is for other workloads
-        ds = self._dataset(sorted(sizes))
+        ds = self._dataset(sorted(digests))
         expected = json.dumps(self.ensemble.output_settings, sort_keys=True)
         rows = Rows(ds)
-        left = set(sizes)
+        left = set(digests)
         try:
             while left:
                 row = rows.next(self.config.ray.stall_seconds, lambda: self._stalled(len(left)))
@@ -339,12 +372,18 @@ class RayEngine:
                         "run's): set ensemble.inference.bf16 (and device) in the run "
                         "configuration")
                 k = int(row["k"])
+                if k not in left:  # (a retried task's second answer)
+                    continue
+                records = pickle.loads(row["records"])
+                if ids_digest(r["id"] for r in records) != digests[k]:
+                    raise PipelineError(f"part {k} came back with other documents than this "
+                                        f"run read for it: {CORPUS_CHANGED}")
                 for stage in ("stage1", "stage2"):
                     took, at = float(row[f"{stage}_seconds"]), float(row[f"{stage}_at"])
                     summary.seconds[stage] += took
                     self.busy[stage].append((at, at + took))
                 left.discard(k)
-                yield k, pickle.loads(row["records"])
+                yield k, records
         finally:
             rows.close()
 
@@ -363,6 +402,10 @@ class RayEngine:
         return {"engine": self.name, "cluster": self.resources,
                 "pools": self.pools.as_dict() if self.pools else {},
                 "stages_overlap_seconds": round(both, 3)}
+
+
+def ids_digest(ids: Iterable[str]) -> bytes:
+    return hashlib.sha1("\n".join(ids).encode("utf-8", "surrogatepass")).digest()
 
 
 def union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -392,6 +435,7 @@ def check_installed() -> None:
     """A clear error where Ray is not installed (before any model loads)."""
     from importlib.util import find_spec
 
-    if find_spec("ray") is None or find_spec("ray.data") is None:
+    ray = find_spec("ray")  # (a submodule's spec would import ray, and its logging setup)
+    if ray is None or not any((Path(p) / "data").is_dir() for p in ray.submodule_search_locations or ()):
         raise PipelineError("--engine ray needs Ray Data: pip install 'clinner-2stage[ray]' "
                             "(or the ray[data] package)")

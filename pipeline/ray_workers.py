@@ -22,22 +22,26 @@ from pipeline.settings import RunConfig
 class CorpusFeeder:
     """The chunks of the corpus by number, read in order by the project's own reader.
 
-    Lives on the driver's machine (where the input is). A chunk asked for ahead of its turn
-    is read up to, and the ones passed on the way are kept until asked for; one asked for
-    again (a read task retried after a lost node) is read again from the start."""
+    Lives on the driver's machine (where the input is) and serves the chunks ``wanted``
+    (those without a part yet). A chunk asked for ahead of its turn is read up to; the
+    wanted ones passed on the way wait until asked for, the others are dropped, so what it
+    holds stays within the read-ahead of the run. A chunk asked for again (a read task
+    retried after a lost node) is read again from the start."""
 
     def __init__(self, reopen: Callable[[], Iterable[Document]], shard: tuple[int, int],
-                 chunk_size: int) -> None:
+                 chunk_size: int, wanted: Iterable[int]) -> None:
         self.reopen, self.shard, self.chunk_size = reopen, shard, chunk_size
+        self.wanted, self.served = set(wanted), set()
+        self.waiting: dict[int, list[Document]] = {}
         self._start()
 
     def _start(self) -> None:
         mine = (d for d in self.reopen() if in_shard(d.id, self.shard))
         self.chunks = enumerate(chunked(mine, self.chunk_size))
         self.next = 0
-        self.waiting: dict[int, list[Document]] = {}
 
     def chunk(self, k: int) -> bytes:
+        self.served.add(k)
         if k in self.waiting:
             return pickle.dumps(self.waiting.pop(k))
         if k < self.next:
@@ -46,7 +50,8 @@ class CorpusFeeder:
             self.next = i + 1
             if i == k:
                 return pickle.dumps(docs)
-            self.waiting[i] = docs
+            if i in self.wanted and i not in self.served and i not in self.waiting:
+                self.waiting[i] = docs
         raise PipelineError(f"the corpus has no chunk {k} any more: it changed during the run")
 
 
@@ -67,21 +72,58 @@ STAGE2_COLUMNS = ("records", "stage1_seconds", "stage1_at", "stage2_seconds", "s
                   "settings")
 
 
+def error_payload(exc: BaseException, where: str) -> bytes:
+    """What the driver needs of ``exc``: the exception itself where it pickles, and in any
+    case its kind (``pipeline.errors``), type and words, to raise one of the same kind
+    where the exception cannot be rebuilt there (a class the driver lacks)."""
+    from pipeline.errors import kind_of
+
+    exc.add_note(f"(in a Ray worker, {where}):\n" + "".join(traceback.format_exception(exc)))
+    try:
+        whole = pickle.dumps(exc)
+        pickle.loads(whole)  # some exceptions pickle but do not unpickle
+    except Exception:
+        whole = None
+    return pickle.dumps({"exception": whole, "kind": kind_of(exc).value,
+                         "words": f"{type(exc).__name__}: {exc}"})
+
+
+def raise_payload(payload: bytes) -> None:
+    """Raise what ``error_payload`` carried, as the worker raised it or, where that cannot
+    be rebuilt here, as an exception of its kind."""
+    import errno
+
+    from pipeline.errors import ErrorKind
+    from stage2_rerank.errors import ServiceError
+
+    found = pickle.loads(payload)
+    if found["exception"] is not None:
+        try:
+            raise pickle.loads(found["exception"])
+        except (ImportError, AttributeError, TypeError, pickle.UnpicklingError):
+            pass
+    words, kind = found["words"], ErrorKind(found["kind"])
+    if kind is ErrorKind.TRANSIENT:
+        raise ServiceError(words)
+    if kind is ErrorKind.REFUSAL:
+        raise OSError(errno.EIO, words)
+    if kind is ErrorKind.INPUT:
+        raise PipelineError(words)
+    if kind is ErrorKind.INTERRUPTED:
+        raise KeyboardInterrupt(words)
+    raise RuntimeError(words)
+
+
 def carried(stage: Callable[[dict], dict], batch: dict, columns: tuple[str, ...]) -> dict:
     """``stage(batch)``; a batch that carries an error, or whose stage raises, goes on as
-    its error (the stage's other output ``columns`` empty)."""
+    its error (``error_payload``; the stage's other output ``columns`` empty)."""
     n = len(batch["k"])
     error = next((e for e in batch["error"] if e), b"")
     if not error:
         try:
             return stage(batch)
         except Exception as exc:
-            exc.add_note(f"(in a Ray worker of the stage {stage.__name__}):\n"
-                         + "".join(traceback.format_exception(exc)))
-            try:
-                error = pickle.dumps(exc)
-            except Exception:  # an exception that does not pickle: its words, at least
-                error = pickle.dumps(PipelineError(f"{type(exc).__name__}: {exc}"))
+            error = error_payload(exc, f"stage {stage.__name__}")
     empty = {"stage1_seconds": 0.0, "stage2_seconds": 0.0, "stage1_at": 0.0, "stage2_at": 0.0,
              "settings": ""}
     return {"k": list(batch["k"]), "error": [error] * n,
@@ -99,6 +141,16 @@ class Stage1Worker:
     at fault, its failure record)."""
 
     def __init__(self, config: str, thresholds: str, threads: int) -> None:
+        # What fails here (a model folder this node lacks, a GPU out of memory) would kill
+        # the actor, and Ray reports a dead actor without its cause: it is kept, and each
+        # batch carries it to the driver instead, which stops the run with it.
+        self.failed: BaseException | None = None
+        try:
+            self._load(config, thresholds, threads)
+        except Exception as exc:
+            self.failed = exc
+
+    def _load(self, config: str, thresholds: str, threads: int) -> None:
         from pipeline.recognizer import char_cache, load_ensemble
         from pipeline.thresholds import Thresholds
 
@@ -115,6 +167,9 @@ class Stage1Worker:
 
     def stage_one(self, batch: dict) -> dict:
         from pipeline.predict import stage_one
+
+        if self.failed is not None:
+            raise self.failed
 
         found, seconds, at = [], [], []
         for blob in batch["docs"]:
@@ -135,34 +190,55 @@ class Stage2Worker:
     """An actor holding an LLM scorer (none: plain tasks make it without one): stage-1
     candidates -> scores -> kept spans -> the chunk's part-file records."""
 
-    def __init__(self, config: str, thresholds: str, threads: int, llm: bool = True) -> None:
+    def __init__(self, config: str, thresholds: str, threads: int, llm: bool = True,
+                 gpu_share: float = 0.0) -> None:
+        self.failed: BaseException | None = None  # as in Stage1Worker
+        self.scorer = None
+        try:
+            self._load(config, thresholds, threads, llm, gpu_share)
+        except Exception as exc:
+            self.failed = exc
+
+    def _load(self, config: str, thresholds: str, threads: int, llm: bool,
+              gpu_share: float) -> None:
         from pipeline.recognizer import load_llm
         from pipeline.thresholds import Thresholds
 
-        self.scorer = None
         if llm:
             _torch_threads(threads)
             cfg = RunConfig.model_validate_json(config)
+            if cfg.llm.backend == "vllm" and 0 < gpu_share < 1:
+                # vLLM takes 90% of a GPU's memory by default; this actor has a share of it
+                cfg.llm.engine.setdefault("gpu_memory_utilization", round(0.85 * gpu_share, 2))
             self.scorer = load_llm(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None,
                                    cfg.ensemble.cache_dir or cfg.ensemble.path / "cache",
                                    cfg.llm.prompt_and_backend())
         self.thresholds = Thresholds.model_validate_json(thresholds)
 
     def records(self, docs: list[Document], found: list, spent: dict) -> list[dict]:
-        """The records of one chunk (stage 1's failure records kept as they are)."""
+        """The records of one chunk (stage 1's failure records kept as they are). Where a
+        document failed in stage 1, a local run has taken the chunk's documents one by one
+        through both stages; so are they here through stage 2 (the LLM's batches, and so
+        its scores to the last bit, are those of a local run)."""
         live = [i for i, f in enumerate(found) if not isinstance(f, dict)]
 
         def work(idx: list[int]) -> list[dict]:
             return chunk_records([docs[live[j]] for j in idx], [found[live[j]] for j in idx],
                                  scorer=self.scorer, thresholds=self.thresholds, seconds=spent)
 
-        done = iter(guarded([docs[i] for i in live], work))
+        if len(live) < len(found):
+            done = iter(r for j in range(len(live))
+                        for r in guarded([docs[live[j]]], lambda _, j=j: work([j])))
+        else:
+            done = iter(guarded([docs[i] for i in live], work))
         return [f if isinstance(f, dict) else next(done) for f in found]
 
     def __call__(self, batch: dict) -> dict:
         return carried(self.stage_two, batch, STAGE2_COLUMNS)
 
     def stage_two(self, batch: dict) -> dict:
+        if self.failed is not None:
+            raise self.failed
         parts, seconds, at = [], [], []
         for blob, found in zip(batch["docs"], batch["found"]):
             spent = {"stage2": 0.0}

@@ -88,6 +88,11 @@ class RunConfig(Strict):
     output: OutputSettings = Field(default_factory=OutputSettings)
     engine: Literal["local", "ray"] = "local"  # what runs the stages (the outputs are the same)
     ray: RaySettings = Field(default_factory=RaySettings)
+    # torch threads of each process that runs a model on the CPU (None: torch's default,
+    # the machine's cores, in a local run; the actor's CPUs on Ray). Some models' results
+    # move in their last bits with the number of threads: runs to compare byte for byte
+    # (local vs Ray, one machine vs another) give the same number.
+    threads: int | None = Field(None, ge=1)
 
 
 # Settings that change how a run goes, not what it writes: a resumed run (or a shard to

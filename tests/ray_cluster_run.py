@@ -3,7 +3,7 @@
 Usage: python ray_cluster_run.py CORPUS ENSEMBLE LLM OUT (run by tests/test_ray.py). The
 head node has 1 CPU, two workers have 2 each; the stage-1 actor and the LLM actor claim 1.5
 CPUs each, so each lives on a worker of its own. The run is a `pipeline run --ray-address`
-process, as a user would start it. Once its second part is written, the first worker (and
+process, as a user would start it. Once its first part is written, the first worker (and
 the actor on it) is removed and a new worker joins, as an autoscaler would bring one; Ray
 restarts the lost actor there and reruns what it held. Writes OUT.cluster.json: the run's
 exit code, parts written in all and before the removal."""
@@ -41,7 +41,7 @@ def main() -> int:
          "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True)
     try:
-        while not (parts / "000001.jsonl").exists() and run.poll() is None:
+        while not (parts.is_dir() and any(parts.glob("*.jsonl"))) and run.poll() is None:
             time.sleep(0.05)
         before = len(list(parts.glob("*.jsonl")))
         cluster.remove_node(worker, allow_graceful=False)

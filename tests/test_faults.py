@@ -47,6 +47,13 @@ def test_the_kinds_of_errors():
     assert not is_document_fault(ServerError("down"))
     assert not is_document_fault(OSError(28, "No space left on device"))
     assert not is_document_fault(KeyError("x"))
+    # a device out of memory is the machine refusing, never a document's failure
+    import torch
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert kind_of(oom) is ErrorKind.REFUSAL and not is_document_fault(oom)
+    assert not is_document_fault(RuntimeError("DefaultCPUAllocator: can't allocate memory: "
+                                              "you tried to allocate 10 bytes. Out of memory"))
 
 
 def test_an_llm_outage_stops_the_run_and_the_rerun_finishes_it_identically(

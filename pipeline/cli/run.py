@@ -77,6 +77,10 @@ def run_command(
         min=1, help="Ray actors holding an LLM scorer.", rich_help_panel="Ray")] = None,
     llm_gpus: Annotated[float | None, typer.Option(
         min=0.0, help="GPUs each LLM actor claims (0: CPUs only).", rich_help_panel="Ray")] = None,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="torch threads of each process that runs a model on the CPU (default: "
+                    "the machine's cores; on Ray, each actor's CPUs). Runs to compare byte "
+                    "for byte use the same number.")] = None,
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
 ) -> None:
@@ -105,7 +109,7 @@ def run_command(
                      output__chunk_size=chunk_size, ensemble__cache_dir=cache_dir,
                      engine=engine, ray__address=ray_address, ray__stage1_actors=stage1_actors,
                      ray__stage1_gpus=stage1_gpus, ray__llm_actors=llm_actors,
-                     ray__llm_gpus=llm_gpus)
+                     ray__llm_gpus=llm_gpus, threads=threads)
     share = parse_shard(cfg.output.shard)
     layout = corpus_layout(input, texts)  # a missing or unknown input: say so now
     th_source = cfg.thresholds.file
@@ -123,6 +127,10 @@ def run_command(
             scorer = llm_identity(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None,
                                   cfg.llm.prompt_and_backend())
         else:
+            if cfg.threads:
+                import torch
+
+                torch.set_num_threads(cfg.threads)
             ens = load_ensemble(cfg.ensemble.path, cfg.ensemble.inference)
             th.check_classes(ens.classes, str(th_source))  # before the LLM loads
             scorer = load_llm(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None, cache,
@@ -135,7 +143,11 @@ def run_command(
         if cfg.engine == "ray":
             from pipeline.ray_engine import RayEngine
 
-            engine_ = RayEngine(cfg, thresholds=th, ensemble=ens, reopen=reopen, shard=share)
+            # the feeder's working folder is not this one
+            again = partial(open_corpus, Path(input).resolve(), lenient=True,
+                            texts=Path(texts).resolve() if texts else None,
+                            classes=tuple(ens.classes), annotations=False)
+            engine_ = RayEngine(cfg, thresholds=th, ensemble=ens, reopen=again, shard=share)
         total = sum(in_shard(stem_id(stem), share) for stem in brat_stems(input)) \
             if layout in ("brat", "txt") else None  # this shard's documents
         record = run_record(cfg, ensemble=ens, scorer=scorer, thresholds=th, input=input)
