@@ -23,7 +23,8 @@ ConfigOption = Annotated[Path | None, typer.Option(
     "--config", exists=True, dir_okay=False,
     help="Run configuration, TOML or JSON: sections ensemble (path, inference, cache_dir), "
          "llm (model, backend, urls, and the --llm-config settings), thresholds (file, "
-         "stage1, stage2), output (formats, chunk_size, shard). Unknown keys fail; "
+         "stage1, stage2), output (formats, chunk_size, shard), engine (local, ray), ray "
+         "(address, pool sizes, stall_seconds: run only), threads. Unknown keys fail; "
          "options given on the command line override it.")]
 PrintConfigOption = Annotated[bool, typer.Option(
     "--print-config", help="Print the resolved configuration (JSON) and exit.")]
