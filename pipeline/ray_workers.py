@@ -114,11 +114,15 @@ def raise_payload(payload: bytes) -> None:
     raise RuntimeError(words)
 
 
-def carried(stage: Callable[[dict], dict], batch: dict, columns: tuple[str, ...]) -> dict:
-    """``stage(batch)``; a batch that carries an error, or whose stage raises, goes on as
-    its error (``error_payload``; the stage's other output ``columns`` empty)."""
+def carried(worker, stage: Callable[[dict], dict], batch: dict,
+            columns: tuple[str, ...]) -> dict:
+    """``stage(batch)``; a batch that carries an error, or whose ``worker`` failed to load
+    its model, or whose stage raises, goes on as that error (``error_payload``; the stage's
+    other output ``columns`` empty)."""
     n = len(batch["k"])
     error = next((e for e in batch["error"] if e), b"")
+    if not error and worker.failed is not None:
+        error = error_payload(worker.failed, f"{type(worker).__name__} loading its model")
     if not error:
         try:
             return stage(batch)
@@ -163,13 +167,10 @@ class Stage1Worker:
         self.settings = json.dumps(self.ensemble.output_settings, sort_keys=True)
 
     def __call__(self, batch: dict) -> dict:
-        return carried(self.stage_one, batch, STAGE1_COLUMNS)
+        return carried(self, self.stage_one, batch, STAGE1_COLUMNS)
 
     def stage_one(self, batch: dict) -> dict:
         from pipeline.predict import stage_one
-
-        if self.failed is not None:
-            raise self.failed
 
         found, seconds, at = [], [], []
         for blob in batch["docs"]:
@@ -234,11 +235,9 @@ class Stage2Worker:
         return [f if isinstance(f, dict) else next(done) for f in found]
 
     def __call__(self, batch: dict) -> dict:
-        return carried(self.stage_two, batch, STAGE2_COLUMNS)
+        return carried(self, self.stage_two, batch, STAGE2_COLUMNS)
 
     def stage_two(self, batch: dict) -> dict:
-        if self.failed is not None:
-            raise self.failed
         parts, seconds, at = [], [], []
         for blob, found in zip(batch["docs"], batch["found"]):
             spent = {"stage2": 0.0}
