@@ -117,15 +117,23 @@ def run_command(
         cfg.thresholds.stage1, cfg.thresholds.stage2)
     with folder_lock(output, "pipeline run"):  # before the slow loads: a second one stops now
         cache = cfg.ensemble.cache_dir or cfg.ensemble.path / "cache"
+
+        def reader(root: Path, texts: Path | None):
+            return partial(open_corpus, root, texts=texts, lenient=True,
+                           classes=tuple(ens.classes), annotations=False)
+
         engine_ = None
         if cfg.engine == "ray":  # the workers load the models; this process reads and writes
-            from pipeline.ray_engine import check_installed
+            from pipeline.ray_engine import RayEngine, check_installed
 
             check_installed()
             ens = load_ensemble(cfg.ensemble.path, cfg.ensemble.inference, models=False)
             th.check_classes(ens.classes, str(th_source))
             scorer = llm_identity(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None,
                                   cfg.llm.prompt_and_backend())
+            # the corpus reader on the cluster: its working folder is not this one
+            again = reader(Path(input).resolve(), Path(texts).resolve() if texts else None)
+            engine_ = RayEngine(cfg, thresholds=th, ensemble=ens, reopen=again, shard=share)
         else:
             if cfg.threads:
                 import torch
@@ -137,17 +145,7 @@ def run_command(
                               cfg.llm.prompt_and_backend())
         warn_unfit(th, ens, scorer, str(th_source) if th_source else "thresholds")
         report = ReadReport()
-        reopen = partial(open_corpus, input, texts=texts, lenient=True,
-                         classes=tuple(ens.classes), annotations=False)
-        docs = reopen(report=report)
-        if cfg.engine == "ray":
-            from pipeline.ray_engine import RayEngine
-
-            # the feeder's working folder is not this one
-            again = partial(open_corpus, Path(input).resolve(), lenient=True,
-                            texts=Path(texts).resolve() if texts else None,
-                            classes=tuple(ens.classes), annotations=False)
-            engine_ = RayEngine(cfg, thresholds=th, ensemble=ens, reopen=again, shard=share)
+        docs = reader(input, texts)(report=report)
         total = sum(in_shard(stem_id(stem), share) for stem in brat_stems(input)) \
             if layout in ("brat", "txt") else None  # this shard's documents
         record = run_record(cfg, ensemble=ens, scorer=scorer, thresholds=th, input=input)
