@@ -2,11 +2,12 @@
 in its class's mean, chosen on held-out gold documents.
 
 Members are weighed by family: the fold members of one encoder form one family (they are
-one model seen through the folds), any other member is a family of its own. Each document
-is proposed on by the members that did not train on it (its fold's member of a fold
-family, every member of another), so that the weights are chosen on unseen text where the
-ensemble was trained by folds; a family trained on all documents (one fold) is seen on its
-own training text, and the result says so.
+one model seen through the folds), any other member is a family of its own. On the
+ensemble's own training corpus each document is proposed on by the members that did not
+train on it (its fold's member of a fold family, every member of another), so that the
+weights are chosen on unseen text; a family trained on all documents (one fold) is then
+seen on its own training text, and the result says so. On any other (held-out) corpus
+every member proposes on every document, as it will when the ensemble runs.
 
 The search is an exhaustive grid on the simplex, per class: every weighting in steps of
 ``step`` (0.1: 9 points for two families, 36 for three, 84 for four), each at every
@@ -71,9 +72,12 @@ def simplex(n: int, step: float) -> list[tuple[float, ...]]:
 
 
 def family_probs(docs: Sequence[Document], ensemble, cls: str,
-                 pattern: str = DEFAULT_GROUP_PATTERN) -> tuple[dict[str, list], list[str]]:
+                 pattern: str = DEFAULT_GROUP_PATTERN, *, held_out: bool = False,
+                 ) -> tuple[dict[str, list], list[str]]:
     """Per family, the character probabilities of ``cls`` of each document from the
-    family's members that did not train on it; and the families that did train on them."""
+    family's members that did not train on it; and the families that did train on them.
+    ``held_out``: the documents are not the ensemble's training corpus, so every member
+    proposes on each."""
     members = ensemble.members_of(cls)
     families: dict[str, list] = {}
     for m in members:
@@ -82,7 +86,7 @@ def family_probs(docs: Sequence[Document], ensemble, cls: str,
     texts = [d.text for d in docs]
     for name, ms in families.items():
         folds = ms[0].n_folds if ms[0].kind == "binary" else 1
-        if folds > 1:
+        if folds > 1 and not held_out:
             probs = [None] * len(docs)
             for m in ms:
                 idx = [i for i, d in enumerate(docs) if fold_of(d.id, folds, pattern) == m.fold]
@@ -90,7 +94,7 @@ def family_probs(docs: Sequence[Document], ensemble, cls: str,
                 for i, p in zip(idx, got):
                     probs[i] = p[cls]
         else:
-            if ms[0].kind == "binary":
+            if ms[0].kind == "binary" and not held_out:
                 in_sample.append(name)
             probs = [p[cls] for p in ensemble.restricted(ms).char_probs(texts, [cls])]
         out[name] = probs
@@ -107,9 +111,10 @@ def score(docs: Sequence[Document], cls: str, probs: Sequence[np.ndarray], thres
 
 
 def weigh_class(docs: Sequence[Document], ensemble, cls: str, *, objective: str = "char_f1",
-                step: float = 0.1, pattern: str = DEFAULT_GROUP_PATTERN) -> Weighing:
+                step: float = 0.1, pattern: str = DEFAULT_GROUP_PATTERN,
+                held_out: bool = False) -> Weighing:
     docs = [d for d in docs if d.entity_class in (None, cls)]
-    probs, in_sample = family_probs(docs, ensemble, cls, pattern)
+    probs, in_sample = family_probs(docs, ensemble, cls, pattern, held_out=held_out)
     names = list(probs)
     current = {}
     for m in ensemble.members_of(cls):

@@ -262,6 +262,45 @@ def test_no_candidate_comes_from_a_member_that_trained_on_its_document(two_fold_
     assert sum(map(len, cands)) > 0
 
 
+def test_weighing_uses_out_of_fold_members_on_the_training_corpus_and_all_on_another(
+        two_fold_ensemble, tmp_path, monkeypatch):
+    """On the corpus the folds were cut from, each document is seen by the member that did
+    not train on it; on a held-out corpus (here the same notes under other names: another
+    data hash) by both members, as when the ensemble runs, and the manifest says which."""
+    import shutil
+
+    from stage1_ensemble.ensemble import Ensemble
+
+    asked: list[tuple[set[int], int]] = []
+    real = Ensemble.char_probs
+
+    def spy(self, texts, classes=None):
+        asked.append(({m.fold for m in self.manifest.members}, len(texts)))
+        return real(self, texts, classes)
+
+    monkeypatch.setattr(Ensemble, "char_probs", spy)
+    docs = fold_docs()
+    held = [Document("h" + d.id, d.text, lang=d.lang,
+                     spans=[Span("h" + d.id, s.label, s.start, s.end) for s in d.spans])
+            for d in docs]
+    for name, corpus_docs, per_fold in (("train", docs, True), ("held", held, False)):
+        ens_dir = tmp_path / f"ens-{name}"
+        shutil.copytree(two_fold_ensemble, ens_dir, ignore=shutil.ignore_patterns("cache"))
+        asked.clear()
+        code, _, err = run_cli("ensemble", "weigh", "--ensemble", ens_dir, "--gold",
+                               write_corpus(tmp_path / name, corpus_docs))
+        assert code == 0, err
+        record = Ensemble.load(ens_dir).manifest.weighing
+        assert record["held_out"] is not per_fold
+        if per_fold:
+            assert "out-of-fold members only" in err
+            assert sorted(asked) == [({f}, sum(fold_of(d.id, 2) == f for d in docs))
+                                     for f in (0, 1)]
+        else:
+            assert "every member proposes on every document" in err
+            assert asked == [({0, 1}, len(docs))]
+
+
 def one_error_line(err: str) -> bool:
     """The command's own words are one line (libraries may have shown progress before)."""
     return "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ") \

@@ -225,7 +225,8 @@ def test_weigh_learns_how_much_a_noisy_member_counts(tmp_path, tiny_ensemble):
     assert weights[trained] > weights["noisy"]
     found = ens.manifest.weighing["classes"]["DISEASE"]
     assert found["objective"] > found["before"]
-    assert found["trained_on_these_documents"] == [trained]  # one fold: said, not hidden
+    # the member trained on other notes: these are held out, every member sees them all
+    assert ens.manifest.weighing["held_out"] and "trained_on_these_documents" not in found
     assert "DISEASE: " in out and f"-> {found['objective']:.4f}" in out
     # the figure recorded is the weighted ensemble's own, decoded at the threshold found
     from pipeline.readers import open_corpus
@@ -238,6 +239,22 @@ def test_weigh_learns_how_much_a_noisy_member_counts(tmp_path, tiny_ensemble):
     gold = [s for d in docs for s in d.spans]
     assert round(evaluate(gold, pred).pooled.char()["f1"], 4) == found["objective"]
     assert len(simplex(3, 0.1)) == 36 and all(abs(sum(p) - 1) < 1e-9 for p in simplex(3, 0.1))
+
+
+def test_weighing_on_the_corpus_a_one_fold_member_trained_on_says_so(tmp_path, tiny_ensemble):
+    from pipeline.writers import write_brat
+    from tests.test_stage1_models import two_docs
+
+    ens_dir = tmp_path / "ens"
+    shutil.copytree(tiny_ensemble, ens_dir, ignore=shutil.ignore_patterns("cache"))
+    write_brat(two_docs(), tmp_path / "train")
+    code, out, err = run_cli("ensemble", "weigh", "--ensemble", ens_dir, "--gold",
+                             tmp_path / "train")
+    assert code == 0, err
+    record = Ensemble.load(ens_dir).manifest.weighing
+    trained = record["classes"]["DISEASE"]["trained_on_these_documents"]
+    assert record["held_out"] is False and trained == [Ensemble.load(ens_dir).manifest.members[0].name]
+    assert "trained on these documents" in out
 
 
 def test_a_mixed_ensemble_is_the_weighted_mean_of_its_members(tmp_path, tiny_ensemble):

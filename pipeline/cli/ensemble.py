@@ -127,10 +127,12 @@ def show_command(
 @ensemble_app.command("weigh")
 def weigh_command(
     ensemble: EnsembleFolder,
-    gold: Annotated[Path, typer.Option(help="Gold documents to choose the weights on (the "
-                                            "ensemble's training corpus, where it was trained "
-                                            "by folds: each document is seen by the members "
-                                            "that did not train on it).")],
+    gold: Annotated[Path, typer.Option(help="Gold documents to choose the weights on: the "
+                                            "ensemble's training corpus (each document is "
+                                            "seen by the members that did not train on it) "
+                                            "or a held-out corpus (every member sees every "
+                                            "document); told apart by the manifest's data "
+                                            "hash.")],
     subset: Annotated[str, typer.Option(help="i/n: only this share of the gold documents "
                                              "(by document group).")] = "0/1",
     objective: Annotated[str, typer.Option(help="char_f1 or strict_f1.")] = "char_f1",
@@ -147,7 +149,7 @@ def weigh_command(
     from pipeline.readers import open_corpus
     from pipeline.recognizer import load_ensemble
     from pipeline.run import parse_shard
-    from pipeline.training import group_pattern_option, in_subset
+    from pipeline.training import corpus_data_hash, group_pattern_option, in_subset
     from pipeline.weigh import apply, weigh_class
     from pipeline.writers import folder_lock
     from stage1_ensemble.ensemble import read_manifest, write_manifest
@@ -158,17 +160,25 @@ def weigh_command(
     with folder_lock(ensemble, "pipeline ensemble weigh"):
         ens = load_ensemble(ensemble)
         report = ReadReport()
-        docs = [d for d in open_corpus(gold, lenient=lenient, report=report,
-                                       classes=tuple(ens.classes)) if in_subset(d.id, part)]
+        read = list(open_corpus(gold, lenient=lenient, report=report,
+                                classes=tuple(ens.classes)))
         if report.skipped:
             say_read(gold, report)
+        held_out = corpus_data_hash(read) != ens.manifest.data_hash
+        docs = [d for d in read if in_subset(d.id, part)]
         if not docs:
             raise PipelineError(f"{gold}: no gold documents" +
                                 (f" in --subset {subset}" if subset != "0/1" else ""))
-        found = [weigh_class(docs, ens, cls, objective=objective, step=step, pattern=pattern)
+        typer.echo(f"{gold}: " + ("held out (not the ensemble's training corpus): every "
+                                  "member proposes on every document" if held_out else
+                                  "the ensemble's training corpus: out-of-fold members only"),
+                   err=True)
+        found = [weigh_class(docs, ens, cls, objective=objective, step=step, pattern=pattern,
+                             held_out=held_out)
                  for cls in ens.classes]
         record = {"gold": str(gold), "subset": subset, "objective": objective, "step": step,
-                  "documents": len(docs), "search": "exhaustive simplex grid",
+                  "documents": len(docs), "held_out": held_out,
+                  "search": "exhaustive simplex grid",
                   "classes": {w.cls: w.as_dict() for w in found}}
         write_manifest(ensemble, apply(read_manifest(ensemble), found, record))
     for w in found:
