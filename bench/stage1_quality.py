@@ -29,6 +29,7 @@ from stage1_ensemble import decode_batch  # noqa: E402
 from stage1_ensemble.cache import CharProbCache  # noqa: E402
 from stage1_ensemble.ensemble import Ensemble  # noqa: E402
 from stage1_ensemble.gazetteer import Gazetteer  # noqa: E402
+from stage1_ensemble.project import weighted_mean  # noqa: E402
 
 
 def table(name: str, gold, pred, classes) -> list[str]:
@@ -72,7 +73,10 @@ def main() -> None:
     cache = CharProbCache(args.ensemble / "cache", ens.probs_identity)
     probs: list[dict] = [{} for _ in dev]
     for cls in classes:
-        stored = cache.put_many(cls, list(zip(texts, ens.combine(cls, member_probs))))
+        mine = ens.members_of(cls)  # their weighted mean, as Ensemble.char_probs gives
+        mean = [weighted_mean([member_probs[m.name][i] for m in mine],
+                              [m.weight for m in mine]) for i in range(len(texts))]
+        stored = cache.put_many(cls, list(zip(texts, mean)))
         for i, p in enumerate(stored):
             probs[i][cls] = p
     print(f"## {len(dev)} documents of {args.dev.name}\n")

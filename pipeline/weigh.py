@@ -115,11 +115,21 @@ def weigh_class(docs: Sequence[Document], ensemble, cls: str, *, objective: str 
                 held_out: bool = False) -> Weighing:
     docs = [d for d in docs if d.entity_class in (None, cls)]
     probs, in_sample = family_probs(docs, ensemble, cls, pattern, held_out=held_out)
-    names = list(probs)
     current = {}
     for m in ensemble.members_of(cls):
         current[family_of(m)] = current.get(family_of(m), 0.0) + m.weight
-    total = sum(current.values())
+    return choose(docs, cls, probs, current, objective=objective, step=step,
+                  in_sample=in_sample)
+
+
+def choose(docs: Sequence[Document], cls: str, probs: dict[str, list], current: dict[str, float],
+           *, objective: str = "char_f1", step: float = 0.1,
+           in_sample: Sequence[str] = ()) -> Weighing:
+    """The grid search itself, on each family's character probabilities of ``docs``
+    (``probs``, in the documents' order); ``current``: the families' weights before."""
+    names = list(probs)
+    in_sample = list(in_sample)
+    total = sum(current[n] for n in names)
 
     def mixed(weights: Sequence[float]) -> list[np.ndarray]:
         return [sum(w * probs[n][i] for n, w in zip(names, weights)).astype(np.float32)
