@@ -2,9 +2,11 @@
 until it is usable in headless Chromium, drawing documents a page at a time (as shipped)
 vs all at once.
 
-    python bench/bench_report.py [--gold ../shared/data/cardioccc_dev] [--runs 3]
+    python bench/bench_report.py [--gold ../shared/data/cardioccc_dev] [--runs 3] [--pred RUN]
 
-The predictions are the gold spans perturbed (half kept, a fifth with the end moved, a
+With --pred, the predictions of a `pipeline run` folder (with its stage scores and the
+candidates the judge dropped, as `pipeline report` reads them) or a TSV. Without it, the
+predictions are the gold spans perturbed (half kept, a fifth with the end moved, a
 tenth relabelled, one spurious span a document), so that every error type is there; the
 page's cost depends on the number of documents and spans, not on where they came from.
 """
@@ -26,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.documents import Span  # noqa: E402
 from pipeline.readers import open_corpus  # noqa: E402
-from pipeline.report import build_report  # noqa: E402
+from pipeline.corpus import load_spans  # noqa: E402
+from pipeline.report import build_report, dropped_candidates  # noqa: E402
 
 
 def perturbed(docs) -> list[Span]:
@@ -62,18 +65,27 @@ def main() -> None:
     ap.add_argument("--gold", type=Path,
                     default=Path(__file__).resolve().parents[2] / "shared/data/cardioccc_dev")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--pred", type=Path, help="a `pipeline run` folder or a TSV (default: "
+                                              "gold perturbed)")
     args = ap.parse_args()
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     docs = list(open_corpus(args.gold))
-    pred = perturbed(docs)
+    dropped = []
+    if args.pred is None:
+        pred = perturbed(docs)
+    else:
+        pred, _ = load_spans(args.pred)
+        if (args.pred / "parts").is_dir():
+            dropped = dropped_candidates(args.pred)
     gold_spans = sum(len(d.spans) for d in docs)
     print(f"{args.gold}: {len(docs)} documents, {sum(len(d.text) for d in docs):,} characters, "
-          f"{gold_spans:,} gold and {len(pred):,} predicted spans")
+          f"{gold_spans:,} gold and {len(pred):,} predicted spans"
+          + (f", {len(dropped):,} candidates the judge dropped" if args.pred else ""))
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for name, size in (("25 documents a page", 25), ("all documents at once", len(docs))):
             start = time.perf_counter()
-            page = build_report(docs, pred, page_size=size)
+            page = build_report(docs, pred, dropped=dropped, page_size=size)
             build = time.perf_counter() - start
             path = Path(tmp) / f"{size}.html"
             path.write_text(page, encoding="utf-8")
