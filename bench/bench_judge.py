@@ -9,7 +9,8 @@
 Candidates are gold spans of ../shared/data plus shifted copies, labelled by their overlap
 with the gold span (as train-judge labels them). The scoring part needs a trained judge
 (--judge; default runs/demo/judge, which `make demo` leaves) and vLLM.
-Run: python bench/bench_judge.py [--candidates 64] [--steps 4] [--bf16] [--no-vllm]
+Run: python bench/bench_judge.py [--candidates 64] [--steps 4] [--ways default,last8,full]
+     [--bf16] [--no-vllm]
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=64)
     ap.add_argument("--steps", type=int, default=4, help="training steps per way")
     ap.add_argument("--context", type=int, default=256, help="max_context_tokens")
-    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--ways", default="default,whole,last8,full",
+                    help="training ways, comma-separated: default (the first, the one the "
+                         "others are compared with), whole, last8, full, bf16")
+    ap.add_argument("--bf16", action="store_true", help="the same as adding bf16 to --ways")
     ap.add_argument("--no-vllm", action="store_true")
     ap.add_argument("--judge", type=Path, default=ROOT / "runs" / "demo" / "judge")
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared/data/spaccc_train")
@@ -112,12 +116,18 @@ def main() -> None:
     print(f"{len(cands)} candidates, {len({p.prefix for p in prompts})} prefixes, "
           f"{tokens:.0f} tokens a prompt; torch threads {torch.get_num_threads()}")
 
-    ways = [("LoRA r8, shared prefix (default)", {}),
-            ("LoRA r8, whole prompts", {"whole": True}),
-            ("LoRA r8 on the last 8 layers, shared prefix", {"lora_layers": 8}),
-            ("full fine-tuning, shared prefix", {"lora": False})]
-    if args.bf16:
-        ways.append(("LoRA r8, shared prefix, bf16", {"bf16": True}))
+    known = {"default": ("LoRA r8, shared prefix (default)", {}),
+             "whole": ("LoRA r8, whole prompts", {"whole": True}),
+             "last8": ("LoRA r8 on the last 8 layers, shared prefix", {"lora_layers": 8}),
+             "full": ("full fine-tuning, shared prefix", {"lora": False}),
+             "bf16": ("LoRA r8, shared prefix, bf16", {"bf16": True})}
+    keys = ["default"] + [k for k in args.ways.split(",") if k and k != "default"]
+    if args.bf16 and "bf16" not in keys:
+        keys.append("bf16")
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        ap.error(f"--ways: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    ways = [known[k] for k in keys]
     print("\ntraining (examples/s; the same candidates, 16 a step)")
     rates = {}
     for name, overrides in ways:
