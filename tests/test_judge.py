@@ -335,6 +335,32 @@ def test_train_judge_command(two_fold_ensemble, judge_llm_dir, tmp_path):
     assert load_scorer("hf", tmp_path / "j").builder.max_context_tokens == 64
 
 
+def test_train_judge_subset_keeps_other_shares_out(two_fold_ensemble, judge_llm_dir, tmp_path):
+    """--subset draws candidates from one share of the documents only, so that tune and
+    ablate may use the other shares of the same held-out corpus."""
+    from pipeline.training import in_subset
+
+    held = write_corpus(tmp_path / "held", fold_docs())
+    cfg = tmp_path / "judge.json"
+    cfg.write_text(json.dumps({**FAST, "max_steps": 1, "stage1_threshold": 0.05}))
+    seen = {}
+    for share in ("0/2", "1/2"):
+        out = tmp_path / f"j{share[0]}"
+        code, _, err = run_cli("train-judge", "--ensemble", two_fold_ensemble,
+                               "--candidates-from", held, "--subset", share,
+                               "--base", judge_llm_dir, "--out", out, "--config", cfg)
+        assert code == 0, err
+        lines = (out / "candidates.jsonl").read_text().splitlines()
+        seen[share] = {json.loads(line)["id"] for line in lines}
+        part = (int(share[0]), 2)
+        assert seen[share] and all(in_subset(i, part) for i in seen[share])
+    assert not seen["0/2"] & seen["1/2"]
+    code, _, err = run_cli("train-judge", "--ensemble", two_fold_ensemble, "--candidates-from",
+                           held, "--subset", "2/1", "--base", judge_llm_dir,
+                           "--out", tmp_path / "j")
+    assert code == 2 and "--subset" in err and one_error_line(err)
+
+
 def test_train_judge_refusals(two_fold_ensemble, judge_llm_dir, tiny_ensemble, tmp_path):
     from tests.tiny_models import tiny_bert_encoder
 

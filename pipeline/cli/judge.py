@@ -43,6 +43,10 @@ def train_judge_command(
                      "config's.")] = None,
     group_pattern: Annotated[str | None, typer.Option(
         help="The --group-pattern the ensemble was trained with, if any.")] = None,
+    subset: Annotated[str, typer.Option(
+        help="i/n: draw candidates from this share of the documents only, split by document "
+             "group as --subset of tune and ablate is (e.g. learn on 0/2 of a held-out corpus "
+             "while tune and ablate use shares of 1/2).")] = "0/1",
     cache_dir: CacheDirOption = None,
     inference_config: InferenceConfigOption = None,
     lenient: LenientOption = False,
@@ -68,8 +72,9 @@ def train_judge_command(
     )
     from pipeline.readers import corpus_layout, open_corpus
     from pipeline.recognizer import char_cache, load_ensemble
+    from pipeline.run import parse_shard
     from pipeline.settings import RunConfig, load_run_config
-    from pipeline.training import corpus_data_hash, group_pattern_option
+    from pipeline.training import corpus_data_hash, group_pattern_option, in_subset
     from stage1_ensemble.config import load_config
     from stage2_rerank.training import JudgeConfig, check_causal_lm
 
@@ -89,6 +94,11 @@ def train_judge_command(
                                  ("max_context_tokens", max_context_tokens)) if v is not None}
     cfg = JudgeConfig.model_validate({**prompt, **own, **updates})
     pattern = group_pattern_option(group_pattern)
+    part = parse_shard(subset, "--subset")
+
+    def share(found: list) -> list:
+        return [d for d in found if in_subset(d.id, part, pattern)]
+
     for source in (corpus, candidates_from):  # before any model loads: fail fast
         if source is not None:
             corpus_layout(source)
@@ -112,17 +122,20 @@ def train_judge_command(
                 "nothing of these documents. Give a held-out corpus with --candidates-from")
         typer.echo(f"out-of-fold candidates at stage-1 threshold {cfg.stage1_threshold}",
                    err=True)
+        train_docs = share(train_docs)  # after the data hash, which covers the whole corpus
         docs += train_docs
         candidates += out_of_fold_candidates(train_docs, ens, threshold=cfg.stage1_threshold,
                                              group_pattern=pattern, char_cache=cache)
     if candidates_from is not None:
         report = ReadReport()
-        held = list(open_corpus(candidates_from, lenient=lenient, report=report,
-                                classes=tuple(ens.classes)))
+        held = share(list(open_corpus(candidates_from, lenient=lenient, report=report,
+                                      classes=tuple(ens.classes))))
         say_read(candidates_from, report)
         docs += held
         candidates += ensemble_candidates(held, ens, threshold=cfg.stage1_threshold,
                                           char_cache=cache)
+    if not docs:
+        raise PipelineError(f"no documents in --subset {subset}")
     items = label_candidates(docs, candidates, exact=cfg.label == "exact",
                              validation_share=cfg.validation_share, group_pattern=pattern)
     for cls, d in describe(items).items():
