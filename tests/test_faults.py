@@ -191,8 +191,11 @@ def interrupt_at_random(cmd: list[str], progress, total: int, seed: int, tries: 
         if done >= total - 1:
             break
         target = done + rng.randint(1, max(1, (total - 1 - done) // 2))
+        # SIGINT back to its default in the child: a shell's background job (`make test &`)
+        # starts with it ignored, and Python then never raises KeyboardInterrupt
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, cmd)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline and progress() < target:
             time.sleep(0.005)
