@@ -355,6 +355,13 @@ def test_train_judge_subset_keeps_other_shares_out(two_fold_ensemble, judge_llm_
         part = (int(share[0]), 2)
         assert seen[share] and all(in_subset(i, part) for i in seen[share])
     assert not seen["0/2"] & seen["1/2"]
+    # the validation groups follow the same hash: share 0/2 with 1/2 held out is all held out
+    cfg.write_text(json.dumps({**FAST, "max_steps": 1, "stage1_threshold": 0.05,
+                               "validation_share": 2}))
+    code, _, err = run_cli("train-judge", "--ensemble", two_fold_ensemble, "--candidates-from",
+                           held, "--subset", "0/2", "--base", judge_llm_dir,
+                           "--out", tmp_path / "jv", "--config", cfg)
+    assert code == 2 and "none is left to train on" in err and one_error_line(err)
     code, _, err = run_cli("train-judge", "--ensemble", two_fold_ensemble, "--candidates-from",
                            held, "--subset", "2/1", "--base", judge_llm_dir,
                            "--out", tmp_path / "j")
