@@ -23,7 +23,7 @@ from pipeline.documents import Document, Span
 from pipeline.errors import PipelineError
 from pipeline.predict import char_probabilities, propose
 from pipeline.thresholds import Thresholds
-from pipeline.training import DEFAULT_GROUP_PATTERN, fold_of, in_subset
+from pipeline.training import DEFAULT_GROUP_PATTERN, fold_of, held_for_validation
 from pipeline.tune import match
 from pipeline.writers import atomic_write, folder_lock
 from stage1_ensemble.ensemble import data_hash
@@ -108,7 +108,7 @@ def label_candidates(docs: Sequence[Document], candidates: Sequence[Sequence[Spa
                      group_pattern: str = DEFAULT_GROUP_PATTERN) -> list[Labelled]:
     """Each candidate with its label: its best character overlap with a gold span of its
     class in its document (the official char metric's Dice), or 1/0 for an exact match
-    with ``exact``. Document groups in share 0 of ``validation_share`` are held out."""
+    with ``exact``. 1/``validation_share`` of the document groups are held out."""
     out = []
     by_class: dict[str, list[tuple[Document, Span]]] = {}
     for doc, spans in zip(docs, candidates):
@@ -118,7 +118,7 @@ def label_candidates(docs: Sequence[Document], candidates: Sequence[Sequence[Spa
         gold = [s for d in docs for s in d.spans if s.label == cls]
         found = match(gold, [s for _, s in pairs])
         for (doc, span), best, hit in zip(pairs, found.best, found.exact):
-            held = validation_share > 0 and in_subset(doc.id, (0, validation_share), group_pattern)
+            held = held_for_validation(doc.id, validation_share, group_pattern)
             out.append(Labelled(doc, span, float(hit) if exact else float(best), bool(hit),
                                 held))
     return out
@@ -207,7 +207,8 @@ def train_judge(items: Sequence[Labelled], *, base: Path, out: Path, config,
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, "pipeline train-judge"):
         digest = data_hash([(i.doc.id, i.doc.text,
-                             [(i.span.label, i.span.start, i.span.end), (str(i.label), 0, 0)])
+                             [(i.span.label, i.span.start, i.span.end),
+                              (str(i.label), int(i.validation), 0)])
                             for i in items])
         plan = plan_of(config, str(base), digest)
         plan_file = out / "work" / "plan.json"

@@ -59,6 +59,16 @@ def fold_of(doc_id: str, n_folds: int, pattern: str = DEFAULT_GROUP_PATTERN) -> 
     return int(digest, 16) % n_folds
 
 
+def held_for_validation(doc_id: str, share: int, pattern: str = DEFAULT_GROUP_PATTERN) -> bool:
+    """Is the document's group among the 1/``share`` held out to validate a judge (never
+    with ``share`` 0)? Its own salted hash, so that the held-out groups are spread evenly
+    over every fold and ``--subset`` share, not all in one of them."""
+    if share <= 0:
+        return False
+    salted = "validation\x00" + document_group(doc_id, pattern)
+    return int(hashlib.sha1(salted.encode("utf-8")).hexdigest(), 16) % share == 0
+
+
 def in_subset(doc_id: str, part: tuple[int, int], pattern: str = DEFAULT_GROUP_PATTERN) -> bool:
     """Is the document in share ``i`` of ``n`` (``--subset i/n``)? Shares go by document
     group, as the folds do: tuning on one share and evaluating on another never meets the

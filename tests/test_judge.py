@@ -355,9 +355,9 @@ def test_train_judge_subset_keeps_other_shares_out(two_fold_ensemble, judge_llm_
         part = (int(share[0]), 2)
         assert seen[share] and all(in_subset(i, part) for i in seen[share])
     assert not seen["0/2"] & seen["1/2"]
-    # the validation groups follow the same hash: share 0/2 with 1/2 held out is all held out
+    # validation_share 1 holds every group out: nothing would be left to train on
     cfg.write_text(json.dumps({**FAST, "max_steps": 1, "stage1_threshold": 0.05,
-                               "validation_share": 2}))
+                               "validation_share": 1}))
     code, _, err = run_cli("train-judge", "--ensemble", two_fold_ensemble, "--candidates-from",
                            held, "--subset", "0/2", "--base", judge_llm_dir,
                            "--out", tmp_path / "jv", "--config", cfg)
@@ -366,6 +366,22 @@ def test_train_judge_subset_keeps_other_shares_out(two_fold_ensemble, judge_llm_
                            held, "--subset", "2/1", "--base", judge_llm_dir,
                            "--out", tmp_path / "j")
     assert code == 2 and "--subset" in err and one_error_line(err)
+
+
+def test_validation_groups_spread_over_every_subset_share():
+    """The held-out groups have their own hash: with --subset i/n and validation_share n
+    (the same count) a share is neither all held out nor none of it."""
+    from pipeline.training import document_group, held_for_validation, in_subset
+
+    ids = [f"case{k}_{lang}" for k in range(400) for lang in ("es", "en")]
+    for part in ((0, 2), (1, 2), (3, 5)):
+        share = [i for i in ids if in_subset(i, part)]
+        held = [i for i in share if held_for_validation(i, part[1])]
+        assert 0.5 / part[1] < len(held) / len(share) < 1.5 / part[1]
+        # translations of a case go together
+        assert len({document_group(i) for i in held}) * 2 == len(held)
+    assert not any(held_for_validation(i, 0) for i in ids)
+    assert all(held_for_validation(i, 1) for i in ids)
 
 
 def test_train_judge_refusals(two_fold_ensemble, judge_llm_dir, tiny_ensemble, tmp_path):

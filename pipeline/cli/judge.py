@@ -138,17 +138,17 @@ def train_judge_command(
         raise PipelineError(f"no documents in --subset {subset}")
     items = label_candidates(docs, candidates, exact=cfg.label == "exact",
                              validation_share=cfg.validation_share, group_pattern=pattern)
-    if cfg.validation_share and part[1] > 1 and items:
-        held_out = sum(i.validation for i in items)  # both splits go by the same group hash
+    if cfg.validation_share and items:
+        held_out = sum(i.validation for i in items)
         if held_out == len(items):
-            raise PipelineError(f"--subset {subset} with validation_share "
-                                f"{cfg.validation_share}: every candidate is held out for "
-                                "validation, none is left to train on; choose a "
-                                "validation_share that shares no factor with the subset's count")
+            raise PipelineError(f"validation_share {cfg.validation_share}: every candidate is "
+                                "held out for validation, none is left to train on; give a "
+                                "larger validation_share (1/N of the document groups is held "
+                                "out), or 0 for no validation")
         if not held_out:
-            typer.secho(f"warning: --subset {subset} with validation_share "
-                        f"{cfg.validation_share} holds no candidate out: no validation figures",
-                        fg="yellow", err=True)
+            typer.secho(f"warning: validation_share {cfg.validation_share} holds no candidate "
+                        "out (too few document groups): no validation figures", fg="yellow",
+                        err=True)
     for cls, d in describe(items).items():
         typer.echo(f"{cls}: {d['candidates']} candidates ({d['train']} train, "
                    f"{d['validation']} validation), {d['exact']} exact, mean label "
