@@ -40,15 +40,18 @@ def char_probabilities(docs: Sequence[Document], ensemble: Ensemble,
 
 def propose(docs: Sequence[Document], probs: Sequence[dict[str, np.ndarray]],
             thresholds: Thresholds) -> list[list[Span]]:
-    """Stage-1 candidates of each document, with their stage-1 scores."""
+    """Stage-1 candidates of each document, with their stage-1 scores: the spans of the
+    characters at or above a class's stage-1 threshold whose score reaches its floor."""
     out: list[list[Span]] = [[] for _ in docs]
     classes = sorted({c for p in probs for c in p})
     for cls in classes:
         idx = [i for i, p in enumerate(probs) if cls in p]
         spans = decode_batch([docs[i].text for i in idx], [probs[i][cls] for i in idx],
                              thresholds.of(cls).stage1)
+        floor = thresholds.of(cls).floor
         for i, found in zip(idx, spans):
-            out[i] += [Span(docs[i].id, cls, s, e, stage1_score=score) for s, e, score in found]
+            out[i] += [Span(docs[i].id, cls, s, e, stage1_score=score) for s, e, score in found
+                       if score >= floor]
     for spans in out:
         spans.sort(key=lambda s: (s.start, s.end, s.label))
     return out

@@ -287,10 +287,11 @@ def thresholds_html(th: dict) -> str:
         reached = (figures.get(cls) or {}).get("reranked") or \
             (figures.get(cls) or {}).get("stage1_only") or {}
         objective = th.get("objective") or "char_f1"
-        rows.append((cls, t.get("stage1"), t.get("stage2"), t.get("route"),
+        rows.append((cls, t.get("stage1"), t.get("floor", 0.0), t.get("stage2"), t.get("route"),
                      f"{reached[objective]:.4f}" if objective in reached else ""))
     return "<h2>Tuned thresholds</h2>" + table(
-        ("class", "stage 1", "stage 2", "route", th.get("objective") or "objective"), rows)
+        ("class", "stage 1", "floor", "stage 2", "route", th.get("objective") or "objective"),
+        rows)
 
 
 def frequent_html(frequent: dict) -> str:

@@ -13,6 +13,8 @@ class ClassThresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stage1: float = Field(0.6, ge=0.0, le=1.0)
+    # a stage-1 span whose score (its mean character probability) is below it is dropped
+    floor: float = Field(0.0, ge=0.0, le=1.0)
     stage2: float = Field(0.5, ge=0.0, le=1.0)
     route: float | None = Field(None, ge=0.0, le=1.0)  # stage-1 score that skips the LLM
 

@@ -454,6 +454,19 @@ def test_a_class_without_gold_spans_or_hits_is_left_untuned_not_set_to_its_lowes
     assert any("no thresholds for SYMPTOM" in p for p in th.unfit(["DISEASE", "SYMPTOM"], "e", "m"))
 
 
+def test_a_floor_drops_the_spans_whose_score_is_below_it():
+    from pipeline.documents import Document
+
+    doc = Document("d", "fiebre alta y tos seca", [])
+    probs = np.zeros(len(doc.text))
+    probs[0:6], probs[14:17] = 0.9, 0.5
+    found = propose([doc], [{"SYMPTOM": probs}], Thresholds.uniform(0.4))[0]
+    assert [(s.start, s.end) for s in found] == [(0, 6), (14, 17)]
+    th = Thresholds.model_validate({"classes": {"SYMPTOM": {"stage1": 0.4, "floor": 0.6}}})
+    assert [(s.start, s.end, s.stage1_score) for s in propose([doc], [{"SYMPTOM": probs}], th)[0]
+            ] == [(0, 6, pytest.approx(0.9))]
+
+
 def test_a_class_is_predicted_only_on_its_own_text(tmp_path, tiny_ensemble):
     from pipeline.documents import Document
 
