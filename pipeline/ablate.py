@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.documents import Document
+from pipeline.documents import Document, Span
 from pipeline.metrics import evaluate
 from pipeline.predict import char_probabilities, keep, needs_llm, propose, rerank
 from pipeline.thresholds import ClassThresholds, Thresholds
-from pipeline.tune import T1_GRID, T2_GRID, collect
+from pipeline.tune import T1_GRID, T2_GRID, collect, match
 
 PAPER_THRESHOLD = 0.8
 
@@ -36,8 +36,11 @@ class Judge:
 def ensemble_systems(tuned: Thresholds, classes: Sequence[str]) -> list[tuple[str, Thresholds]]:
     """The ensemble alone at the paper's threshold and at the one tuning chose for it."""
     figures = getattr(tuned, "figures", None) or {}
-    alone = {c: ClassThresholds(stage1=figures.get(c, {}).get("stage1_only", {}).get(
-        "stage1", tuned.of(c).stage1)) for c in classes}
+    alone = {}
+    for c in classes:
+        found = figures.get(c, {}).get("stage1_only", {})
+        alone[c] = ClassThresholds(stage1=found.get("stage1", tuned.of(c).stage1),
+                                   floor=found.get("floor", tuned.of(c).floor))
     return [(f"ensemble@{PAPER_THRESHOLD}", Thresholds.uniform(PAPER_THRESHOLD)),
             ("ensemble@tuned", Thresholds(classes=alone))]
 
@@ -61,7 +64,9 @@ def rows_of(name: str, docs: Sequence[Document], pred, classes: Sequence[str]) -
 def ablate(docs: Sequence[Document], ensemble, judges: Sequence[Judge] | object = (),
            tuned: Thresholds | None = None, *, char_cache=None, curves: bool = False) -> dict:
     """The ensemble alone (at the paper's 0.8 and at its tuned threshold) and a re-ranked
-    row for each judge, at the thresholds tuned for it. ``judges`` may also be one scorer
+    row for each judge, at the thresholds tuned for it; where those route some candidates
+    past the judge, also the same system with every candidate asked dropped (what the
+    routing threshold alone does, without the judge). ``judges`` may also be one scorer
     (or None) with ``tuned``. ``curves``: also the precision-recall points for ``plot``."""
     if not isinstance(judges, (list, tuple)):
         judges = [Judge("reranked@tuned", judges, tuned)] if judges is not None else []
@@ -86,26 +91,39 @@ def ablate(docs: Sequence[Document], ensemble, judges: Sequence[Judge] | object 
         th = judge.thresholds
         start, calls = time.perf_counter(), scorer.calls
         cands = propose(docs, probs, th)
-        pred = [s for ss in rerank(docs, cands, scorer, th) for s in keep(ss, th)]
+        scored = rerank(docs, cands, scorer, th)
+        pred = [s for ss in scored for s in keep(ss, th)]
         costs.append({"system": judge.name, "seconds": round(time.perf_counter() - start, 2),
                       "llm_calls": sum(needs_llm(s, th) for ss in cands for s in ss),
                       "llm_cache_misses": scorer.calls - calls,
                       "candidates": sum(len(c) for c in cands), "kept": len(pred)})
         rows += rows_of(judge.name, docs, pred, classes)
+        if any(th.of(c).route for c in classes):
+            # what the routing threshold alone does: the same system with a judge that says
+            # no to every candidate asked, so that the judge's own share of the gain shows
+            start = time.perf_counter()
+            alone = [s for ss in cands for s in ss if not needs_llm(s, th)]
+            costs.append({"system": f"{judge.name}, asked dropped",
+                          "seconds": round(time.perf_counter() - start, 2), "llm_calls": 0,
+                          "llm_cache_misses": 0, "candidates": costs[-1]["candidates"],
+                          "kept": len(alone)})
+            rows += rows_of(f"{judge.name}, asked dropped", docs, alone, classes)
         if curves:
-            points[judge.name] = reranked_curve(docs, ensemble, scorer, th, char_cache)
+            points[judge.name] = reranked_curve(docs, scored, classes)
         del scorer  # a loaded LLM goes before the next one loads
         gc.collect()
     return {"rows": rows, "costs": costs, "documents": len(docs),
             **({"curves": points} if curves else {})}
 
 
-def reranked_curve(docs, ensemble, scorer, tuned: Thresholds, char_cache=None) -> dict:
-    """Char precision and recall per class over the stage-2 threshold, at the tuned t1."""
+def reranked_curve(docs, scored: Sequence[Sequence[Span]], classes: Sequence[str]) -> dict:
+    """Char precision and recall per class over the stage-2 threshold, at the tuned t1 and
+    route, from the re-ranked row's own candidates (no LLM call of its own): a candidate
+    routed past the LLM (no stage-2 score) is kept at every stage-2 threshold."""
     out = {}
-    for cls in ensemble.classes:
-        t1 = tuned.of(cls).stage1
-        sets = collect(docs, ensemble, scorer, t1_grid=(t1,), char_cache=char_cache)[cls][t1]
+    for cls in classes:
+        sets = match([s for d in docs for s in d.spans if s.label == cls],
+                     [s for ss in scored for s in ss if s.label == cls])
         s2 = np.nan_to_num(sets.s2, nan=1.0)
         out[cls] = [sets.figures(s2 >= t2) for t2 in T2_GRID]
     return out

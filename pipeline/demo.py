@@ -138,7 +138,8 @@ def main() -> None:
                 print(f"   {cls}: not tuned ({r['untuned']})")
                 continue
             rr = r["reranked"]
-            print(f"   {cls}: t1={rr['stage1']} t2={rr['stage2']} route={rr['route']} "
+            print(f"   {cls}: t1={rr['stage1']} floor={rr['floor']} t2={rr['stage2']} "
+                  f"route={rr['route']} "
                   f"char F1 {rr['char_f1']:.3f} (ensemble alone: "
                   f"{r['stage1_only']['char_f1']:.3f})")
         tuned_for[name] = (scorer, tuned)

@@ -20,7 +20,7 @@ from pipeline.thresholds import ClassThresholds, Thresholds
 
 T1_GRID = tuple(round(x, 2) for x in np.arange(0.30, 0.951, 0.05))
 T2_GRID = tuple(round(x, 2) for x in np.arange(0.0, 1.001, 0.05))
-ROUTE_GRID = tuple(round(x, 2) for x in np.arange(0.50, 1.001, 0.025))
+ROUTE_GRID = tuple(round(x, 3) for x in np.arange(0.05, 1.001, 0.025))
 
 
 @dataclass
@@ -118,10 +118,27 @@ def sweep(sets: dict[float, CandidateSet], objective: str = "char_f1", t2_grid=T
 UNTUNED = "no gold span of the class in the tuning documents"
 
 
+def floors_of(cs: CandidateSet) -> list[tuple[float, np.ndarray]]:
+    """The floors on the stage-1 span score worth trying on these candidates (0 and each
+    grid value that keeps some but not all of them), with the candidates each keeps."""
+    out = [(0.0, np.ones(len(cs.s1), dtype=bool))]
+    for f in ROUTE_GRID:
+        kept = cs.s1 >= f
+        if 0 < kept.sum() < len(kept):
+            out.append((f, kept))
+    return out
+
+
 def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
                with_llm: bool = True, route_tolerance: float = 0.0) -> dict:
-    """The best pair, the best ensemble-only threshold, and the routing threshold that saves
-    the most LLM calls without losing more than ``route_tolerance`` of the objective.
+    """The best ensemble-only thresholds (t1 and a floor on the span score), and the best
+    re-ranked ones: keep a candidate of stage-1 score s1 (spans at t1) if s1 >= route (the
+    LLM is not asked) or if its stage-2 score is >= t2. Routing is part of the search, not
+    only a saving: a judge that is worse than stage 1 on confident candidates can still
+    help on uncertain ones (a route just above t1 asks it about those only). The ensemble's
+    own best (floor, LLM never asked) is among the re-ranked choices, so a judge is chosen
+    only where it beats that. Among the choices within ``route_tolerance`` of the best
+    objective, the one with the fewest LLM calls wins (then the higher objective).
 
     With no gold span of the class, or none that any candidate finds, every threshold scores
     0 and the lowest (the most false positives) would win: the class is left untuned, and
@@ -134,27 +151,39 @@ def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
         n = sets[t1s[0]].n_gold
         return {"untuned": f"{objective} is 0 at every threshold: no candidate finds any of "
                            f"its {n} gold span{'s' if n != 1 else ''}"}
-    a0 = int(np.argmax(alone))
-    result = {"stage1_only": {"stage1": t1s[a0], objective: float(alone[a0]),
-                              **sets[t1s[a0]].figures(np.ones(len(sets[t1s[a0]].s1), bool))}}
+    # (objective, LLM calls, t1, floor, t2, route); the ensemble alone first
+    choices = [(cs.figures(kept)[objective], 0, t1, f, 0.0, 0.0)
+               for t1, cs in sorted(sets.items()) for f, kept in floors_of(cs)]
+    own = max(choices, key=lambda c: c[0])  # the first of equals: the lowest t1, no floor
+    t1, floor = own[2], own[3]
+    result = {"stage1_only": {"stage1": t1, "floor": floor, objective: own[0],
+                              **sets[t1].figures(sets[t1].s1 >= floor)}}
     if not with_llm:
         return result
-    a, b = np.unravel_index(int(np.argmax(grid)), grid.shape)
-    t1, t2 = t1s[a], T2_GRID[b]
+    for a, t1 in enumerate(t1s):
+        cs = sets[t1]
+        s2 = np.nan_to_num(cs.s2, nan=1.0)
+        for b, t2 in enumerate(T2_GRID):
+            passed = s2 >= t2
+            choices.append((float(grid[a, b]), len(cs.s1), t1, 0.0, t2, None))
+            for r in ROUTE_GRID:
+                if (calls := int((cs.s1 < r).sum())) in (0, len(cs.s1)):
+                    continue  # the same as never or always asking
+                value = cs.figures(passed | (cs.s1 >= r))[objective]
+                choices.append((value, calls, t1, 0.0, t2, r))
+                grid[a, b] = max(grid[a, b], value)
+    best = max(c[0] for c in choices)
+    value, calls, t1, floor, t2, route = min(
+        (c for c in choices if c[0] >= best - route_tolerance), key=lambda c: (c[1], -c[0]))
     cs = sets[t1]
-    s2 = np.nan_to_num(cs.s2, nan=1.0)
-    best = float(grid[a, b])
-    route, calls = None, len(cs.s1)
-    for r in ROUTE_GRID:
-        kept = (s2 >= t2) | (cs.s1 >= r)
-        value = cs.figures(kept)[objective]
-        n_calls = int((cs.s1 < r).sum())
-        if value >= best - route_tolerance and n_calls < calls:
-            route, calls = r, n_calls
-    kept = (s2 >= t2) | (cs.s1 >= route) if route is not None else s2 >= t2
-    result["reranked"] = {"stage1": t1, "stage2": t2, "route": route, objective: best,
-                          **cs.figures(kept), "llm_calls": calls,
+    kept = np.nan_to_num(cs.s2, nan=1.0) >= t2
+    if route is not None:
+        kept |= cs.s1 >= route
+    kept &= cs.s1 >= floor  # the floor drops a candidate before stage 2
+    result["reranked"] = {"stage1": t1, "floor": floor, "stage2": t2, "route": route,
+                          objective: value, **cs.figures(kept), "llm_calls": calls,
                           "llm_calls_without_routing": len(cs.s1)}
+    # each cell: the best objective at that (t1, t2) over every routing threshold
     result["grid"] = {"t1": t1s, "t2": list(T2_GRID), "values": grid.round(4).tolist()}
     return result
 
@@ -167,10 +196,9 @@ def thresholds_from(results: dict[str, dict], objective: str, *, ensemble: str |
     for cls, r in results.items():
         if "untuned" in r:  # left to the default (run and Recognizer say so)
             continue
-        best = r.get("reranked") or {"stage1": r["stage1_only"]["stage1"], "stage2": 0.0,
-                                     "route": None}
-        classes[cls] = ClassThresholds(stage1=best["stage1"], stage2=best["stage2"],
-                                       route=best["route"])
+        best = r.get("reranked") or {**r["stage1_only"], "stage2": 0.0, "route": None}
+        classes[cls] = ClassThresholds(stage1=best["stage1"], floor=best.get("floor", 0.0),
+                                       stage2=best["stage2"], route=best["route"])
     figures = {cls: {k: v for k, v in r.items() if k != "grid"} for cls, r in results.items()}
     tuned_for = {"tuned_for": {"ensemble": ensemble, "llm": llm}} if ensemble else {}
     return Thresholds(classes=classes, objective=objective, figures=figures, **tuned_for)
@@ -190,7 +218,7 @@ def heatmaps(results: dict[str, dict], objective: str, path) -> None:
     for ax, (cls, g) in zip(axes[0], shown):
         im = ax.imshow(np.array(g["values"]), origin="lower", aspect="auto", cmap="viridis",
                        extent=(g["t2"][0], g["t2"][-1], g["t1"][0], g["t1"][-1]))
-        ax.set_title(f"{cls}: {objective}")
+        ax.set_title(f"{cls}: {objective}, best route")
         ax.set_xlabel("stage-2 threshold")
         ax.set_ylabel("stage-1 threshold")
         fig.colorbar(im, ax=ax)

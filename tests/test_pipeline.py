@@ -421,9 +421,24 @@ def test_tuning_sweep_equals_the_metrics_and_ablation_runs(tmp_path, tiny_ensemb
         k: result["reranked"][k] for k in ("stage1", "stage2", "route")}},
         "figures": {"DISEASE": result}})
     report = ablate(docs, ens, scorer, th)
-    assert {c["system"] for c in report["costs"]} == {"ensemble@0.8", "ensemble@tuned",
-                                                      "reranked@tuned"}
+    systems = {"ensemble@0.8", "ensemble@tuned", "reranked@tuned"}
+    if result["reranked"]["route"]:
+        systems.add("reranked@tuned, asked dropped")
+    assert {c["system"] for c in report["costs"]} == systems
     assert "| reranked@tuned | DISEASE |" in markdown(report)
+    # routed: the row without the judge keeps exactly the candidates at or above the route
+    cands = [s for ss in propose(docs, probs, Thresholds.uniform(0.3)) for s in ss]
+    route = float(np.median([s.stage1_score for s in cands]))
+    above = [s for s in cands if s.stage1_score >= route]
+    assert 0 < len(above) < len(cands)
+    th = Thresholds.model_validate({"classes": {"DISEASE": {"stage1": 0.3, "stage2": 0.5,
+                                                            "route": route}}})
+    report = ablate(docs, ens, scorer, th)
+    row = next(r for r in report["rows"] if r["system"] == "reranked@tuned, asked dropped"
+               and r["class"] == "DISEASE" and r["language"] == "all")
+    want = evaluate(gold, above).pooled.as_dict(digits=None)
+    assert row["char_f1"] == pytest.approx(want["char_f1"]["f1"], abs=1e-4)  # 4 digits
+    assert row["strict_tp"] == want["strict"]["tp"]
 
 
 def test_a_class_without_gold_spans_or_hits_is_left_untuned_not_set_to_its_lowest_threshold():
@@ -452,6 +467,45 @@ def test_a_class_without_gold_spans_or_hits_is_left_untuned_not_set_to_its_lowes
     assert list(th.classes) == ["DISEASE"] and th.of("SYMPTOM") == th.of("PROCEDURE") == th.default
     assert th.figures["SYMPTOM"] == results["SYMPTOM"]
     assert any("no thresholds for SYMPTOM" in p for p in th.unfit(["DISEASE", "SYMPTOM"], "e", "m"))
+
+
+def test_tuning_asks_a_judge_only_where_it_helps():
+    """The judge is wrong on confident candidates and right on uncertain ones: applied to
+    all it only hurts (the best pair alone is t2 = 0), asked only below a routing threshold
+    it removes the uncertain false positives. And a judge that adds nothing is not asked."""
+    from pipeline.documents import Span
+    from pipeline.tune import T2_GRID, match, thresholds_from
+
+    gold = [Span("d", "DISEASE", 10 * i, 10 * i + 5) for i in range(6)]
+    confident = [Span("d", "DISEASE", 10 * i, 10 * i + 5, 0.9, 0.1) for i in range(4)]
+    uncertain = [Span("d", "DISEASE", 40, 45, 0.4, 0.8), Span("d", "DISEASE", 50, 55, 0.4, 0.7),
+                 Span("d", "DISEASE", 70, 75, 0.4, 0.2), Span("d", "DISEASE", 80, 85, 0.4, 0.3)]
+    cands = confident + uncertain
+    sets = {t1: match(gold, [c for c in cands if c.stage1_score >= t1]) for t1 in (0.3, 0.5)}
+
+    result = tune_class(sets)
+    rr = result["reranked"]
+    assert result["stage1_only"]["char_f1"] == pytest.approx(2 * 0.75 * 1 / 1.75)
+    assert rr["char_f1"] == 1.0 and rr["stage1"] == 0.3 and 0.4 < rr["route"] <= 0.9
+    assert 0.3 < rr["stage2"] <= 0.7 and rr["llm_calls"] == 4 < rr["llm_calls_without_routing"]
+    kept = [c for c in cands if c.stage1_score >= rr["route"] or c.stage2_score >= rr["stage2"]]
+    assert evaluate(gold, kept).pooled.as_dict()["char_f1"]["f1"] == 1.0
+    # without routing, the best the judge could do is nothing (keep all at t1 0.3)
+    no_route = max(sets[0.3].figures(sets[0.3].s2 >= t2)["char_f1"] for t2 in T2_GRID)
+    assert no_route == pytest.approx(result["stage1_only"]["char_f1"])
+    assert no_route < rr["char_f1"]
+
+    # stage 1 alone separates the uncertain ones by their span score: a floor between them
+    # beats both stage-1 thresholds, and a judge that knows nothing is not asked
+    useless = confident + [c.with_scores(stage1=0.45 if k < 2 else 0.35, stage2=0.5)
+                           for k, c in enumerate(uncertain)]
+    sets = {t1: match(gold, [c for c in useless if c.stage1_score >= t1]) for t1 in (0.3, 0.5)}
+    result = tune_class(sets)
+    own, rr = result["stage1_only"], result["reranked"]
+    assert own["char_f1"] == 1.0 and own["stage1"] == 0.3 and 0.35 < own["floor"] <= 0.45
+    assert rr["llm_calls"] == 0 and rr["route"] == 0.0 and rr["floor"] == own["floor"]
+    th = thresholds_from({"DISEASE": result}, "char_f1")
+    assert th.of("DISEASE").floor == own["floor"] and th.of("DISEASE").stage1 == 0.3
 
 
 def test_a_floor_drops_the_spans_whose_score_is_below_it():

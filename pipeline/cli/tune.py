@@ -86,7 +86,9 @@ def tune_command(
     llm_backend: LlmBackendOption = None,
     llm_url: LlmUrlOption = None,
     objective: Annotated[str, typer.Option(help="char_f1 or strict_f1.")] = "char_f1",
-    route_tolerance: Annotated[float, typer.Option(help="Objective that routing may lose.")] = 0.0,
+    route_tolerance: Annotated[float, typer.Option(
+        help="Objective the re-ranked thresholds may lose to ask the LLM less: among the "
+             "(t1, t2, route) within it of the best, the fewest LLM calls win.")] = 0.0,
     subset: Subset = "0/1",
     t1_grid: Annotated[str | None, typer.Option(
         help="Stage-1 thresholds to try, comma-separated (default 0.30 to 0.95 by 0.05).")] = None,
@@ -100,7 +102,9 @@ def tune_command(
     print_config: PrintConfigOption = False,
     lenient: LenientOption = False,
 ) -> None:
-    """Sweep both thresholds jointly per class; write thresholds.json with the figures."""
+    """Sweep both thresholds jointly per class, with the routing threshold (a candidate of
+    stage-1 score at or above it is kept without asking the LLM); write thresholds.json
+    with the figures."""
     from pipeline.recognizer import char_cache, load_ensemble, load_llm
     from pipeline.tune import T1_GRID, collect, heatmaps, thresholds_from, tune_class
 
@@ -136,14 +140,15 @@ def tune_command(
                         f"apply (stage 1 {tuned.default.stage1}, stage 2 "
                         f"{tuned.default.stage2})", fg="yellow", err=True)
             continue
-        line = f"{cls}: ensemble alone t1={r['stage1_only']['stage1']} {objective}=" \
-               f"{r['stage1_only'][objective]:.4f}"
+        own = r["stage1_only"]
+        line = f"{cls}: ensemble alone t1={own['stage1']} floor={own['floor']} {objective}=" \
+               f"{own[objective]:.4f}"
         if "reranked" in r:
             rr = r["reranked"]
-            line += (f"; re-ranked t1={rr['stage1']} t2={rr['stage2']} {objective}="
-                     f"{rr[objective]:.4f}; routing at {rr['route']} saves "
-                     f"{rr['llm_calls_without_routing'] - rr['llm_calls']} of "
-                     f"{rr['llm_calls_without_routing']} LLM calls")
+            line += (f"; re-ranked t1={rr['stage1']} floor={rr['floor']} t2={rr['stage2']} "
+                     f"route={rr['route']} "
+                     f"{objective}={rr[objective]:.4f}; the LLM asked about {rr['llm_calls']} "
+                     f"of {rr['llm_calls_without_routing']} candidates")
         typer.echo(line)
     typer.echo(f"wrote {out}")
 
