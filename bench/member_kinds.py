@@ -16,6 +16,12 @@ OUT/mixed --thresholds OUT/thresholds.json` runs it (on the dev texts from the c
 script fills). Each member runs once over the dev texts (its probabilities are kept under
 ``OUT/probs``, so a rerun only searches); the search is `pipeline ensemble weigh`'s own
 (`pipeline.weigh.choose`).
+
+``--floor``: then, with the weights fixed, choose the stage-1 threshold and a floor on the
+span score on the weighing half as `pipeline tune` does for an ensemble alone
+(`pipeline.tune.tune_class`), for every system alike. ``--weights-from M`` takes the
+weights of an earlier run's ``member_kinds.json`` (same members, same halves) instead of
+searching them again.
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ from pipeline.documents import Span  # noqa: E402
 from pipeline.members import add_gazetteer  # noqa: E402
 from pipeline.metrics import evaluate  # noqa: E402
 from pipeline.readers import open_corpus  # noqa: E402
-from pipeline.training import in_subset  # noqa: E402
-from pipeline.weigh import apply, choose, family_of  # noqa: E402
 from pipeline.thresholds import ClassThresholds, Thresholds, TunedFor  # noqa: E402
+from pipeline.training import in_subset  # noqa: E402
+from pipeline.tune import match, tune_class  # noqa: E402
+from pipeline.weigh import THRESHOLDS, Weighing, apply, choose, family_of  # noqa: E402
 from stage1_ensemble.cache import CharProbCache  # noqa: E402
 from stage1_ensemble.decode import decode_batch  # noqa: E402
 from stage1_ensemble.ensemble import Ensemble, read_manifest, write_manifest  # noqa: E402
@@ -94,6 +101,18 @@ def kinds_of(minilm: Path, e5: Path, ens: Ensemble) -> dict[str, str]:
     return {family_of(m): origin.get(m.name, m.kind) for m in ens.manifest.members}
 
 
+def tuned_floor(docs, cls: str, chars, objective: str) -> tuple[float, float]:
+    """The stage-1 threshold and span-score floor `pipeline tune` would choose for these
+    character probabilities without an LLM."""
+    gold = [s for d in docs for s in d.spans if s.label == cls]
+    found = {t: decode_batch([d.text for d in docs], chars, t) for t in THRESHOLDS}
+    sets = {t: match(gold, [Span(d.id, cls, s, e, stage1_score=p)
+                            for d, ss in zip(docs, spans) for s, e, p in ss])
+            for t, spans in found.items()}
+    own = tune_class(sets, objective=objective, with_llm=False)["stage1_only"]
+    return own["stage1"], own["floor"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minilm", type=Path, required=True)
@@ -103,7 +122,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--step", type=float, default=0.1)
     ap.add_argument("--objective", default="char_f1", choices=("char_f1", "strict_f1"))
+    ap.add_argument("--floor", action="store_true",
+                    help="also choose a floor on the span score (and t1 again) per system")
+    ap.add_argument("--weights-from", type=Path,
+                    help="member_kinds.json of an earlier run: its weights, not a new search")
     args = ap.parse_args()
+    earlier = json.loads(args.weights_from.read_text())["systems"] if args.weights_from else {}
 
     mixed = assemble(args.minilm, args.e5, args.train, args.out / "mixed")
     ens = Ensemble.load(mixed)
@@ -134,17 +158,29 @@ def main() -> None:
         for system, kinds in systems.items():
             fams = [f for f in probs if kind_of(f) in kinds]
             start = time.perf_counter()
-            w = choose([dev[i] for i in halves[0]], cls,
-                       {f: [probs[f][i] for i in halves[0]] for f in fams},
-                       {f: 1.0 for f in fams}, objective=args.objective, step=args.step)
+            weigh_docs = [dev[i] for i in halves[0]]
+            if earlier:
+                was = earlier[system][cls]
+                w = Weighing(cls, fams, {f: was["weights"][f] for f in fams}, was["threshold"],
+                             float("nan"), float("nan"), [])
+            else:
+                w = choose(weigh_docs, cls, {f: [probs[f][i] for i in halves[0]] for f in fams},
+                           {f: 1.0 for f in fams}, objective=args.objective, step=args.step)
+            floor = 0.0
+            if args.floor:
+                w.threshold, floor = tuned_floor(weigh_docs, cls, [
+                    sum(w.weights[f] * probs[f][i] for f in fams).astype(np.float32)
+                    for i in halves[0]], args.objective)
+            w.floor = floor
             chars = [sum(w.weights[f] * probs[f][i] for f in fams).astype(np.float32)
                      for i in halves[1]]
             spans = decode_batch([d.text for d in test], chars, w.threshold)
-            pred = [Span(d.id, cls, s, e) for d, ss in zip(test, spans) for s, e, _ in ss]
+            pred = [Span(d.id, cls, s, e) for d, ss in zip(test, spans) for s, e, p in ss
+                    if p >= floor]
             rows[system] = (w, evaluate(gold, pred).pooled)
-            print(f"  {system}: weights {w.weights} t={w.threshold} ({args.objective} "
-                  f"{w.value:.4f} on the weighing half; {time.perf_counter() - start:.0f} s)",
-                  flush=True)
+            print(f"  {system}: weights {w.weights} t={w.threshold} floor={floor} "
+                  f"({args.objective} {w.value:.4f} on the weighing half; "
+                  f"{time.perf_counter() - start:.0f} s)", flush=True)
             if system.startswith("(d)"):
                 found_d.append(w)
         for system, (w, r) in rows.items():
@@ -153,7 +189,7 @@ def main() -> None:
                 "strict_f1": round(strict["f1"], 4), "char_p": round(char["precision"], 4),
                 "char_r": round(char["recall"], 4), "char_f1": round(char["f1"], 4),
                 **({"weights": {k: round(v, 2) for k, v in w.weights.items()},
-                    "threshold": w.threshold} if w else {})}
+                    "threshold": w.threshold, "floor": w.floor} if w else {})}
     write_manifest(mixed, apply(read_manifest(mixed), found_d, {
         "gold": str(args.dev), "subset": "0/2", "objective": args.objective,
         "step": args.step, "documents": len(halves[0]), "held_out": True,
@@ -164,7 +200,7 @@ def main() -> None:
     # `pipeline run --ensemble OUT/mixed --thresholds OUT/thresholds.json` needs no model
     weighed = Ensemble.load(mixed)
     Path(args.out / "thresholds.json").write_text(Thresholds(
-        classes={w.cls: ClassThresholds(stage1=w.threshold) for w in found_d},
+        classes={w.cls: ClassThresholds(stage1=w.threshold, floor=w.floor) for w in found_d},
         objective=args.objective, tuned_for=TunedFor(ensemble=weighed.identity),
     ).model_dump_json(indent=2))
     cache = CharProbCache(mixed / "cache", weighed.probs_identity)
@@ -181,7 +217,8 @@ def main() -> None:
     for system, per in results["systems"].items():
         for cls, r in per.items():
             how = "" if "weights" not in r else ", ".join(
-                f"{kind_of(f)} {v}" for f, v in r["weights"].items()) + f"; t={r['threshold']}"
+                f"{kind_of(f)} {v}" for f, v in r["weights"].items()) + \
+                f"; t={r['threshold']}" + (f", floor {r['floor']}" if r.get("floor") else "")
             print(f"| {system} | {cls} | {r['strict_f1']:.4f} | {r['char_p']:.4f} | "
                   f"{r['char_r']:.4f} | {r['char_f1']:.4f} | {how} |")
 
