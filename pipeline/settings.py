@@ -214,10 +214,13 @@ def run_record(config: RunConfig, *, ensemble, scorer, thresholds, input: Path) 
     the thresholds in force, the input), which a resumed run or a shard to merge must
     share. ``scorer``: the LLM's scorer, or its identity (None: no LLM)."""
     llm = scorer if scorer is None or isinstance(scorer, str) else scorer.identity
+    th = thresholds.model_dump(mode="json")
+    for t in (th["default"], *th["classes"].values()):
+        if not t["floor"]:  # no floor: recorded as before floors existed, so such runs resume
+            del t["floor"]
     return {"config": config.model_dump(mode="json"),
             "resolved": {"ensemble": ensemble.identity, "inference": ensemble.output_settings,
-                         "llm": llm,
-                         "thresholds": thresholds.model_dump(mode="json"),
+                         "llm": llm, "thresholds": th,
                          "input": str(Path(input).resolve())}}
 
 

@@ -5,6 +5,7 @@ path."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +88,31 @@ def test_record_changes_name_paths_and_pass_how_only_settings():
     new["resolved"]["llm"] = "b"
     assert record_changes(old, new) == ["config.ensemble.inference.max_length",
                                         "config.llm.template", "resolved.llm"]
+
+
+def test_a_run_without_floors_records_its_thresholds_as_before_floors_existed():
+    """A run begun before thresholds had a floor resumes: no floor is not recorded; a
+    floor that drops spans is, and is a change."""
+    from types import SimpleNamespace
+
+    from pipeline.settings import run_record
+    from pipeline.thresholds import Thresholds
+
+    ens = SimpleNamespace(identity="e", output_settings={})
+    before = {"default": {"stage1": 0.6, "stage2": 0.5, "route": None},
+              "classes": {"DISEASE": {"stage1": 0.4, "stage2": 0.5, "route": 0.9}}}
+    old = {"config": RunConfig().model_dump(mode="json"),
+           "resolved": {"ensemble": "e", "inference": {}, "llm": None,
+                        "thresholds": {**before, "objective": None, "figures": None,
+                                       "tuned_for": None}, "input": "/in"}}
+    new = run_record(RunConfig(), ensemble=ens, scorer=None, input=Path("/in"),
+                     thresholds=Thresholds.model_validate(before))
+    assert record_changes(old, new) == []
+    floored = json.loads(json.dumps(before))
+    floored["classes"]["DISEASE"]["floor"] = 0.3
+    new = run_record(RunConfig(), ensemble=ens, scorer=None, input=Path("/in"),
+                     thresholds=Thresholds.model_validate(floored))
+    assert record_changes(old, new) == ["resolved.thresholds.classes.DISEASE.floor"]
 
 
 def test_relative_paths_in_a_file_are_the_files_own(tmp_path):
