@@ -53,20 +53,19 @@ def document_group(doc_id: str, pattern: str = DEFAULT_GROUP_PATTERN) -> str:
     return match.group(1) if match and match.groups() else doc_id
 
 
-def fold_of(doc_id: str, n_folds: int, pattern: str = DEFAULT_GROUP_PATTERN) -> int:
-    """A stable fold per document group, so translations never split across folds."""
-    digest = hashlib.sha1(document_group(doc_id, pattern).encode("utf-8")).hexdigest()
-    return int(digest, 16) % n_folds
+def fold_of(doc_id: str, n_folds: int, pattern: str = DEFAULT_GROUP_PATTERN,
+            salt: str = "") -> int:
+    """A stable fold per document group, so translations never split across folds. Another
+    ``salt`` draws another split, independent of the unsalted one."""
+    key = salt + document_group(doc_id, pattern)
+    return int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16) % n_folds
 
 
 def held_for_validation(doc_id: str, share: int, pattern: str = DEFAULT_GROUP_PATTERN) -> bool:
     """Is the document's group among the 1/``share`` held out to validate a judge (never
     with ``share`` 0)? Its own salted hash, so that the held-out groups are spread evenly
     over every fold and ``--subset`` share, not all in one of them."""
-    if share <= 0:
-        return False
-    salted = "validation\x00" + document_group(doc_id, pattern)
-    return int(hashlib.sha1(salted.encode("utf-8")).hexdigest(), 16) % share == 0
+    return share > 0 and fold_of(doc_id, share, pattern, salt="validation\x00") == 0
 
 
 def in_subset(doc_id: str, part: tuple[int, int], pattern: str = DEFAULT_GROUP_PATTERN) -> bool:
