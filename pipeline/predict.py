@@ -76,7 +76,7 @@ def rerank(docs: Sequence[Document], candidates: Sequence[Sequence[Span]], score
             if needs_llm(span, thresholds):
                 asks.append((i, j))
                 batch.append(Candidate(doc.text, span.start, span.end, span.label, doc.id,
-                                       doc.lang))
+                                       doc.lang, span.stage1_score))
     scores = scorer.score(batch) if batch else []
     out = [list(spans) for spans in candidates]
     for (i, j), p in zip(asks, scores):

@@ -9,6 +9,7 @@ and the question) that changes per candidate.
 from __future__ import annotations
 
 from importlib import resources
+from string import Formatter
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,11 +33,21 @@ class PromptTemplate(BaseModel):
         return self.prefix.format(instructions=self.instructions, label=label,
                                   definition=self.definitions[label], context=context)
 
-    def render_suffix(self, *, label: str, text: str, start: int, end: int) -> str:
+    @property
+    def uses_score(self) -> bool:
+        """Whether the suffix shows the candidate's stage-1 score (``{score:.2f}``): the
+        judge then weighs what stage 1 thought with what it reads."""
+        return any(field == "score" for _, field, _, _ in Formatter().parse(self.suffix))
+
+    def render_suffix(self, *, label: str, text: str, start: int, end: int,
+                      score: float | None = None) -> str:
+        if score is None and self.uses_score:
+            raise ValueError(f"prompt template {self.name!r} shows the stage-1 score, but the "
+                             "candidate has none")
         n = self.snippet_chars
         one_line = str.maketrans({"\r": " ", "\n": " ", "\t": " "})
         return self.suffix.format(label=label, mention=text[start:end].translate(one_line),
-                                  start=start, end=end,
+                                  start=start, end=end, score=score,
                                   left=text[max(0, start - n) : start].translate(one_line),
                                   right=text[end : end + n].translate(one_line))
 

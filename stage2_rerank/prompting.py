@@ -146,13 +146,14 @@ class PromptBuilder:
         before, after = self._wrap(
             self.template.render_prefix(label=cand.label, context=cand.text[a:b]),
             self.template.render_suffix(label=cand.label, text=cand.text, start=cand.start,
-                                        end=cand.end))
+                                        end=cand.end, score=cand.score))
         return (a, b), before, after
 
     def build(self, candidates: Sequence[Candidate]) -> list[PromptIds]:
         out = []
+        needs_score = self.template.uses_score
         for i, cand in enumerate(candidates):
-            cand.check(self.labels, i)
+            cand.check(self.labels, i, needs_score=needs_score)
             block, before, after = self._texts(cand)
             key = (hashlib.sha1(cand.text.encode("utf-8")).hexdigest(), cand.label, *block)
             packed = self._prefix_cache.get_or_make(key, partial(self._encode_packed, before))
