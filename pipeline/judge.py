@@ -124,6 +124,14 @@ def label_candidates(docs: Sequence[Document], candidates: Sequence[Sequence[Spa
     return out
 
 
+def uncertain(items: Sequence[Labelled], below: float | None) -> list[Labelled]:
+    """The candidates whose stage-1 score is below ``below`` (all for None): the ones a
+    judge routed to by ``tune`` is asked about."""
+    if below is None:
+        return list(items)
+    return [i for i in items if (i.span.stage1_score or 0.0) < below]
+
+
 def describe(items: Sequence[Labelled]) -> dict:
     """Counts per class and split, and how the labels are spread."""
     out: dict = {}
@@ -177,8 +185,8 @@ def prompt_builder(base: str | Path, config):
 def as_candidates(items: Sequence[Labelled]):
     from stage2_rerank import Candidate
 
-    return [Candidate(i.doc.text, i.span.start, i.span.end, i.span.label, i.doc.id, i.doc.lang)
-            for i in items]
+    return [Candidate(i.doc.text, i.span.start, i.span.end, i.span.label, i.doc.id, i.doc.lang,
+                      i.span.stage1_score) for i in items]
 
 
 def training_prompts(items: Sequence[Labelled], builder):

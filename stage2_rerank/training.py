@@ -45,6 +45,9 @@ class JudgeConfig(BaseModel):
     # what it will be asked at every stage-1 threshold tune tries
     stage1_threshold: float = Field(0.3, gt=0, lt=1)
     label: Literal["overlap", "exact"] = "overlap"
+    # only the uncertain candidates: those whose stage-1 score is below this (routing asks
+    # the judge about no others); None: every candidate
+    max_stage1_score: float | None = Field(None, gt=0, le=1)
     validation_share: int = Field(5, ge=0)  # 1/N of the document groups held out; 0: none
     # the method: LoRA adapters (peft) by default, else every weight
     lora: bool = True

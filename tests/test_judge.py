@@ -86,6 +86,48 @@ def test_training_prompt_ids_are_the_ids_the_scorer_sends(judge_llm_dir):
     assert (builder.yes_id, builder.no_id) == (scorer.builder.yes_id, scorer.builder.no_id)
 
 
+def test_a_template_that_shows_the_stage1_score_trains_on_what_rerank_sends(judge_llm_dir):
+    """With ``rerank_score_v1`` the prompt carries each candidate's stage-1 score: the ids
+    training builds equal those ``rerank`` sends for the same spans, the score changes
+    only the suffix, and a candidate without a score is refused by name."""
+    from pipeline.judge import prompt_builder, training_prompts
+    from pipeline.predict import rerank
+    from pipeline.thresholds import Thresholds
+
+    config = JudgeConfig(template="rerank_score_v1", max_context_tokens=48)
+    builder = prompt_builder(judge_llm_dir, config)
+    items = [Labelled(i.doc, Span("d", "DISEASE", i.span.start, i.span.end,
+                                  stage1_score=0.1 * (k + 1)), i.label, i.exact, False)
+             for k, i in enumerate(labelled())]
+    trained = training_prompts(items, builder)
+    scorer = load_scorer("hf", judge_llm_dir, template="rerank_score_v1",
+                         max_context_tokens=48)
+    sent = []
+    real = scorer.backend.score_prompts
+    scorer.backend.score_prompts = lambda prompts, y, n: (sent.extend(prompts), real(prompts, y, n))[1]
+    rerank([items[0].doc], [[i.span for i in items]], scorer, Thresholds.uniform(0.05))
+    assert [p.ids for p in sent] == [p.ids for p in trained]
+    shown = builder.render_text(Candidate(TEXT, 13, 30, "DISEASE", "d", score=0.4321))
+    assert "confidence: 0.43\n" in shown
+    # candidates 0 and 5 differ in span and score, not in prefix; the same span with
+    # another score differs in its suffix only
+    assert trained[0].prefix == trained[5].prefix
+    other = builder.build([Candidate(TEXT, 13, 30, "DISEASE", "d", score=0.9)])[0]
+    assert other.prefix == trained[0].prefix and other.suffix != trained[0].suffix
+    with pytest.raises(ValueError, match=r"candidate 0 \(document 'd'\): .*stage-1 score"):
+        builder.build([Candidate(TEXT, 13, 30, "DISEASE", "d")])
+
+
+def test_uncertain_keeps_the_candidates_below_the_score():
+    from pipeline.judge import uncertain
+
+    doc = doc_with([])
+    items = [Labelled(doc, Span("d", "DISEASE", 0, 5, stage1_score=s), 0.0, False, False)
+             for s in (0.1, 0.49, 0.5, 0.9, None)]
+    assert [i.span.stage1_score for i in uncertain(items, 0.5)] == [0.1, 0.49, None]
+    assert uncertain(items, None) == items
+
+
 def test_shared_prefix_gives_the_margins_of_whole_prompts(judge_llm_dir):
     from pipeline.judge import prompt_builder, training_prompts
 
@@ -318,7 +360,7 @@ def test_train_judge_command(two_fold_ensemble, judge_llm_dir, tmp_path):
     corpus = write_corpus(tmp_path / "train", fold_docs())
     cfg = tmp_path / "judge.json"
     cfg.write_text(json.dumps({**FAST, "max_steps": 4, "validation_share": 2,
-                               "stage1_threshold": 0.05}))
+                               "stage1_threshold": 0.05, "max_stage1_score": 0.999}))
     # the ensemble and the prompt as run, tune and ablate will have them (the run config)
     shared = tmp_path / "run.json"
     shared.write_text(json.dumps({"ensemble": {"path": str(two_fold_ensemble)},
@@ -331,6 +373,7 @@ def test_train_judge_command(two_fold_ensemble, judge_llm_dir, tmp_path):
     d = record["data"]["DISEASE"]
     assert d["candidates"] == d["train"] + d["validation"] > 0
     assert "DISEASE:" in err and "candidates" in err and "wrote" in out
+    assert "have a stage-1 score below max_stage1_score 0.999" in err
     # the judge's own prompt settings are the default wherever it is served
     assert load_scorer("hf", tmp_path / "j").builder.max_context_tokens == 64
 

@@ -32,7 +32,8 @@ def train_judge_command(
              "beside, --corpus).")] = None,
     config: Annotated[Path | None, typer.Option(
         help="JudgeConfig JSON: prompt (template, max_context_tokens), data (stage1_threshold, "
-             "label overlap|exact, validation_share), LoRA or full fine-tuning, steps, "
+             "label overlap|exact, validation_share, max_stage1_score: only the uncertain "
+             "candidates), LoRA or full fine-tuning, steps, "
              "learning rate... Unknown keys fail.")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Override the config's "
                                                               "max_steps.")] = None,
@@ -69,6 +70,7 @@ def train_judge_command(
         label_candidates,
         out_of_fold_candidates,
         train_judge,
+        uncertain,
     )
     from pipeline.readers import corpus_layout, open_corpus
     from pipeline.recognizer import char_cache, load_ensemble
@@ -138,6 +140,11 @@ def train_judge_command(
         raise PipelineError(f"no documents in --subset {subset}")
     items = label_candidates(docs, candidates, exact=cfg.label == "exact",
                              validation_share=cfg.validation_share, group_pattern=pattern)
+    if cfg.max_stage1_score is not None:
+        n = len(items)
+        items = uncertain(items, cfg.max_stage1_score)
+        typer.echo(f"{len(items)} of {n} candidates have a stage-1 score below "
+                   f"max_stage1_score {cfg.max_stage1_score}", err=True)
     if cfg.validation_share and items:
         held_out = sum(i.validation for i in items)
         if held_out == len(items):
