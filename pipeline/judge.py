@@ -195,8 +195,13 @@ def training_prompts(items: Sequence[Labelled], builder):
 
 
 def plan_of(config, base: str, data: str) -> dict:
-    """What a training run is: resuming is only allowed into the same plan."""
-    return {"base": base, "data_hash": data, "config": config.model_dump(mode="json")}
+    """What a training run is: resuming is only allowed into the same plan. A setting
+    added after judges were trained is left out at its default, so that a training begun
+    before it resumes (and a finished one is recognised) instead of being refused."""
+    settings = config.model_dump(mode="json")
+    if settings.get("max_stage1_score") is None:
+        settings.pop("max_stage1_score", None)
+    return {"base": base, "data_hash": data, "config": settings}
 
 
 def train_judge(items: Sequence[Labelled], *, base: Path, out: Path, config,

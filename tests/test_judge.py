@@ -128,6 +128,16 @@ def test_uncertain_keeps_the_candidates_below_the_score():
     assert uncertain(items, None) == items
 
 
+def test_a_plan_from_before_max_stage1_score_is_the_same_plan():
+    from pipeline.judge import plan_of
+
+    before = plan_of(JudgeConfig(), "base", "h")
+    before["config"].pop("max_stage1_score", None)  # as plans were written before the key
+    assert plan_of(JudgeConfig(), "base", "h") == before
+    assert plan_of(JudgeConfig(max_stage1_score=0.5), "base", "h")["config"][
+        "max_stage1_score"] == 0.5
+
+
 def test_shared_prefix_gives_the_margins_of_whole_prompts(judge_llm_dir):
     from pipeline.judge import prompt_builder, training_prompts
 
