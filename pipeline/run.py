@@ -19,7 +19,13 @@ from pathlib import Path
 from pipeline.documents import Document, Span
 from pipeline.errors import PipelineError, is_document_fault
 from pipeline.thresholds import Thresholds
-from pipeline.writers import atomic_write, folder_lock, jsonl_record, write_corpus
+from pipeline.writers import (
+    atomic_write,
+    folder_lock,
+    jsonl_record,
+    remove_temporaries,
+    write_corpus,
+)
 
 logger = logging.getLogger(__name__)
 FORMATS = ("tsv", "jsonl", "brat")
@@ -249,6 +255,8 @@ def run_pipeline(docs: Iterable[Document], *, out: Path, ensemble=None, scorer=N
         check_settings(out, settings)
         parts = out / "parts"
         parts.mkdir(exist_ok=True)
+        for folder in (out, parts):  # what a killed run was writing when it died
+            remove_temporaries(folder)
         summary = RunSummary()
         mine = (d for d in docs if in_shard(d.id, shard))
         n_parts = 0

@@ -61,6 +61,18 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def remove_temporaries(folder: Path) -> int:
+    """Delete the temporary files (`temporary_name`) left in ``folder`` by a process killed
+    while writing (SIGKILL runs no cleanup). Only under the folder's lock: no live writer
+    may own one. Returns how many went."""
+    gone = 0
+    for path in Path(folder).glob(".*.tmp*"):
+        if path.is_file() and path.name.rpartition(".tmp")[2].isdigit():
+            path.unlink(missing_ok=True)
+            gone += 1
+    return gone
+
+
 @contextlib.contextmanager
 def naming(path: Path, instead_of: Path | None = None) -> Iterator[None]:
     """An ``OSError`` raised in the block that names no file (a write on a full disk says

@@ -374,8 +374,14 @@ def test_an_unchanged_corpus_resumes_from_its_parts(tmp_path, tiny_ensemble):
     first = run(tmp_path, tiny_ensemble).as_dict()
     before = (tmp_path / "out" / "predictions.tsv").read_bytes()
     interrupted(tmp_path / "out", last_parts=2)
+    # a run killed while writing a part or an output leaves its temporary files behind
+    stale = [tmp_path / "out" / "parts" / ".000005.jsonl.tmp4242",
+             tmp_path / "out" / ".predictions.tsv.tmp4242"]
+    for path in stale:
+        path.write_text("half a part")
     seen = []
     again = run(tmp_path, tiny_ensemble, on_chunk=lambda s, n: seen.append(n)).as_dict()
+    assert not any(path.exists() for path in stale)
     first.pop("seconds"), again.pop("seconds")
     assert again == first and (tmp_path / "out" / "predictions.tsv").read_bytes() == before
     assert sum(seen) == 13  # kept parts count in the progress too
