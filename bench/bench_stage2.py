@@ -1,11 +1,13 @@
 """Stage-2 scoring speed with SmolLM2-135M-Instruct on real candidates, side by side:
 
-  hf:   the shared prefix encoded once and its KV cache reused, vs whole prompts
+  hf:   the shared prefix encoded once and its KV cache reused, vs whole prompts; and
+        runs of tokens shared by distinct prefixes (instructions, class definition) encoded
+        once too (the default), vs identical prefixes only
   vllm: automatic prefix caching on vs off (two engines, one after the other)
 
 and the agreement of the backends' scores. Candidates are gold spans of real documents of
 ../shared/data plus shifted (wrong) copies, so the judge sees both kinds.
-Run: python bench/bench_stage2.py [--candidates 120] [--no-vllm]
+Run: python bench/bench_stage2.py [--candidates 120] [--context 1024] [--chars 1500] [--no-vllm]
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def real_candidates(n: int, corpus: Path):
+def real_candidates(n: int, corpus: Path, chars: int = 1500):
     from pipeline.readers import open_corpus
     from stage2_rerank import Candidate
 
     rng = random.Random(0)
     out = []
     for doc in open_corpus(corpus):
-        text = doc.text[:1500]  # keep prompts near the ~200-400 tokens of the DESIGN figure
+        text = doc.text[:chars]  # 1,500: prompts near the ~200-400 tokens of the DESIGN figure
         spans = [s for s in doc.spans if s.end <= len(text)]
         for s in spans:
             out.append(Candidate(text, s.start, s.end, s.label, doc.id, "es"))
@@ -49,6 +51,8 @@ def timed(scorer, cands) -> tuple[float, list[float]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--candidates", type=int, default=120)
+    ap.add_argument("--context", type=int, default=1024, help="max_context_tokens")
+    ap.add_argument("--chars", type=int, default=1500, help="characters of each note used")
     ap.add_argument("--no-vllm", action="store_true")
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared/data/spaccc_train")
     args = ap.parse_args()
@@ -57,24 +61,27 @@ def main() -> None:
     from stage2_rerank import load_scorer
 
     model = smollm2(ROOT / "runs" / "smollm2")
-    cands = real_candidates(args.candidates, args.corpus)
+    cands = real_candidates(args.candidates, args.corpus, args.chars)
+    ctx = {"max_context_tokens": args.context}
     docs = len({c.doc_id for c in cands})
     print(f"{len(cands)} candidates from {docs} documents of {args.corpus.name}")
-    builder = load_scorer("hf", model).builder
+    builder = load_scorer("hf", model, **ctx).builder
     lengths = [len(p.ids) for p in builder.build(cands)]
     prefixes = len({p.prefix for p in builder.build(cands)})
     print(f"prompt tokens: mean {sum(lengths) / len(lengths):.0f}, {prefixes} distinct prefixes")
 
     results = {}
-    for name, opts in (("hf prefix reuse", {"reuse_prefix": True, "dtype": "float32"}),
-                       ("hf whole prompts", {"reuse_prefix": False, "dtype": "float32"})):
-        scorer = load_scorer("hf", model, **opts)
+    for name, opts in (("hf prefix reuse", {"reuse_prefix": True}),
+                       ("hf identical prefixes", {"min_shared_tokens": 0}),
+                       ("hf whole prompts", {"reuse_prefix": False})):
+        scorer = load_scorer("hf", model, dtype="float32", **opts, **ctx)
         scorer.score(cands[:2])  # warm-up
         results[name] = timed(scorer, cands)
         del scorer
     if not args.no_vllm:
         for name, caching in (("vllm prefix caching", True), ("vllm no prefix caching", False)):
-            scorer = load_scorer("vllm", model, dtype="float32", enable_prefix_caching=caching)
+            scorer = load_scorer("vllm", model, dtype="float32", enable_prefix_caching=caching,
+                                 **ctx)
             scorer.score(cands[:2])
             results[name] = timed(scorer, cands)
             scorer.backend.llm.llm_engine.engine_core.shutdown()
@@ -85,6 +92,8 @@ def main() -> None:
     hf = results["hf prefix reuse"]
     print(f"hf: prefix reuse is {results['hf whole prompts'][0] / hf[0]:.2f}x faster than whole "
           "prompts")
+    print(f"hf: sharing runs across prefixes is {results['hf identical prefixes'][0] / hf[0]:.2f}x "
+          "faster than sharing identical prefixes only")
     if "vllm prefix caching" in results:
         v = results["vllm prefix caching"]
         print(f"vllm: prefix caching is {results['vllm no prefix caching'][0] / v[0]:.2f}x "
@@ -92,8 +101,9 @@ def main() -> None:
         diffs = [abs(a - b) for a, b in zip(hf[1], v[1])]
         print(f"agreement hf vs vllm (fp32): max |diff| {max(diffs):.2e}, mean "
               f"{sum(diffs) / len(diffs):.2e}")
-    diffs = [abs(a - b) for a, b in zip(hf[1], results["hf whole prompts"][1])]
-    print(f"agreement hf prefix reuse vs whole prompts: max |diff| {max(diffs):.2e}")
+    for other in ("hf whole prompts", "hf identical prefixes"):
+        diffs = [abs(a - b) for a, b in zip(hf[1], results[other][1])]
+        print(f"agreement hf prefix reuse vs {other}: max |diff| {max(diffs):.2e}")
     gold = [s for c, s in zip(cands, hf[1])]
     print(f"mean p(yes) {sum(gold) / len(gold):.3f} (SmolLM2 is a weak judge)")
 

@@ -8,6 +8,7 @@ import torch
 
 from prompts import available, load_template
 from stage2_rerank import Candidate, load_scorer
+from stage2_rerank.backends.hf import prefix_tree
 from stage2_rerank.backends.openai_server import OpenAIBackend, ServerError
 from stage2_rerank.prompting import PromptBuilder, PromptIds, resolve_answer_ids
 from tests.fake_llm_server import FakeServer, fake_logprob
@@ -112,6 +113,63 @@ def test_hf_backend_equals_a_direct_transformers_computation(llm_dir):
     whole = load_scorer("hf", llm_dir, reuse_prefix=False).score(CANDS)
     assert got == pytest.approx(whole, abs=1e-5)
     assert scorer.score([]) == []
+
+
+def _walk_prefixes(nodes, above=()):
+    for node in nodes:
+        here = above + node.tokens
+        if node.prefix is not None:
+            assert here == node.prefix
+            yield here
+        yield from _walk_prefixes(node.children, here)
+
+
+def test_prefix_tree_encodes_each_run_of_shared_tokens_once():
+    head, other = tuple(range(100, 140)), tuple(range(200, 240))  # 40 tokens each
+    prefixes = [head + (1, 2, 3), head + (1, 2, 4), head + (5,), head, other + (9,),
+                head + (1, 2, 3), (7, 8)]
+    tree = prefix_tree(prefixes, min_shared=4)
+    assert sorted(_walk_prefixes(tree)) == sorted(set(prefixes))  # each once
+    # the 40 shared tokens are a node of their own, the end of one prefix and the parent of
+    # the three that continue it; (1, 2) is too short a run to share at min_shared 4
+    node = next(n for n in tree if n.tokens == head)
+    assert node.prefix == head
+    assert sorted(c.tokens for c in node.children) == [(1, 2, 3), (1, 2, 4), (5,)]
+    assert [n.tokens for n in tree if n is not node] == [(7, 8), other + (9,)]
+    # a shorter minimum shares (1, 2) as well
+    node = next(n for n in prefix_tree(prefixes, min_shared=2) if n.tokens == head)
+    assert sorted(c.tokens for c in node.children) == [(1, 2), (5,)]
+    # a run shorter than the minimum at the root is not shared
+    assert all(n.prefix is not None and not n.children
+               for n in prefix_tree(prefixes, min_shared=43))
+    with pytest.raises(ValueError, match="at least 1"):
+        prefix_tree(prefixes, min_shared=0)
+
+
+def test_hf_shared_runs_give_the_same_scores_for_fewer_tokens(llm_dir):
+    """Windows of several notes and classes: their prefixes share the instructions and the
+    class definition, which the tree runs once; the scores are those of whole prompts."""
+    texts = [TEXT, "Paciente con fiebre y dolor torácico; se realiza ecocardiografía. " * 3,
+             "Diabetes mellitus tipo 2 con fiebre. " * 4]
+    cands = [cand(w, label, t) for t in texts for w, label in
+             (("fiebre", "SYMPTOM"), ("dolor", "SYMPTOM"), ("diabetes", "DISEASE"),
+              ("Diabetes", "DISEASE"), ("ecocardiografía", "PROCEDURE")) if w in t]
+
+    def run(**options):
+        scorer = load_scorer("hf", llm_dir, max_context_tokens=24, **options)
+        seen = []
+        scorer.backend.base.register_forward_pre_hook(
+            lambda _, args, kwargs: seen.append(kwargs["input_ids"].numel()), with_kwargs=True)
+        return scorer.score(cands), sum(seen), len({p.prefix for p in scorer.builder.build(cands)})
+
+    tree, tree_tokens, prefixes = run()
+    flat, flat_tokens, _ = run(min_shared_tokens=0)
+    whole, whole_tokens, _ = run(reuse_prefix=False)
+    assert prefixes >= 6  # several windows and classes
+    assert tree == pytest.approx(whole, abs=1e-5) and flat == pytest.approx(whole, abs=1e-5)
+    assert tree_tokens < 0.7 * flat_tokens < 0.7 * whole_tokens
+    with pytest.raises(ValueError, match="min_shared_tokens"):
+        load_scorer("hf", llm_dir, min_shared_tokens=-1)
 
 
 def test_cache_hits_invalidation_and_corrupt_entries(llm_dir, tmp_path):
