@@ -84,12 +84,15 @@ def match(gold: Sequence[Span], cands: Sequence[Span]) -> CandidateSet:
 
 
 def collect(docs: Sequence[Document], ensemble, scorer=None, *, t1_grid=T1_GRID,
-            char_cache=None, on_step=None) -> dict[str, dict[float, CandidateSet]]:
-    """{class: {t1: CandidateSet}}: the models run once, the LLM once per distinct prompt."""
+            char_cache=None, on_step=None, max_route: float | None = None,
+            ) -> dict[str, dict[float, CandidateSet]]:
+    """{class: {t1: CandidateSet}}: the models run once, the LLM once per distinct prompt.
+    With ``max_route``, the LLM scores only the candidates of stage-1 score below it (the
+    others keep no stage-2 score: no route `tune_class` tries asks about them)."""
     probs = char_probabilities(docs, ensemble, char_cache)
     out: dict[str, dict[float, CandidateSet]] = {c: {} for c in ensemble.classes}
     for t1 in t1_grid:
-        th = Thresholds.uniform(t1)
+        th = Thresholds(default=ClassThresholds(stage1=t1, route=max_route))
         cands = propose(docs, probs, th)
         if scorer is not None:
             cands = rerank(docs, cands, scorer, th)
@@ -129,8 +132,16 @@ def floors_of(cs: CandidateSet) -> list[tuple[float, np.ndarray]]:
     return out
 
 
+def routes_up_to(max_route: float | None) -> tuple[float, ...]:
+    """The routing thresholds tried: the grid, or its part up to ``max_route`` and that."""
+    if max_route is None:
+        return ROUTE_GRID
+    return tuple(sorted({r for r in ROUTE_GRID if r <= max_route} | {max_route}))
+
+
 def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
-               with_llm: bool = True, route_tolerance: float = 0.0) -> dict:
+               with_llm: bool = True, route_tolerance: float = 0.0,
+               max_route: float | None = None) -> dict:
     """The best ensemble-only thresholds (t1 and a floor on the span score), and the best
     re-ranked ones: keep a candidate of stage-1 score s1 (spans at t1) if s1 >= route (the
     LLM is not asked) or if its stage-2 score is >= t2. Routing is part of the search, not
@@ -139,6 +150,8 @@ def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
     own best (floor, LLM never asked) is among the re-ranked choices, so a judge is chosen
     only where it beats that. Among the choices within ``route_tolerance`` of the best
     objective, the one with the fewest LLM calls wins (then the higher objective).
+    ``max_route``: the LLM is asked about candidates below it only (no route above it, and
+    never about all of them), as `collect` scored them.
 
     With no gold span of the class, or none that any candidate finds, every threshold scores
     0 and the lowest (the most false positives) would win: the class is left untuned, and
@@ -165,9 +178,13 @@ def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
         s2 = np.nan_to_num(cs.s2, nan=1.0)
         for b, t2 in enumerate(T2_GRID):
             passed = s2 >= t2
-            choices.append((float(grid[a, b]), len(cs.s1), t1, 0.0, t2, None))
-            for r in ROUTE_GRID:
-                if (calls := int((cs.s1 < r).sum())) in (0, len(cs.s1)):
+            if max_route is None:  # else the candidates at or above it have no score
+                choices.append((float(grid[a, b]), len(cs.s1), t1, 0.0, t2, None))
+            else:
+                grid[a, b] = 0.0  # only routed choices count
+            for r in routes_up_to(max_route):
+                calls = int((cs.s1 < r).sum())
+                if calls == 0 or calls == len(cs.s1) and max_route is None:
                     continue  # the same as never or always asking
                 value = cs.figures(passed | (cs.s1 >= r))[objective]
                 choices.append((value, calls, t1, 0.0, t2, r))

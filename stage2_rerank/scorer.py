@@ -177,6 +177,13 @@ def judge_record(model: str | Path) -> dict | None:
         raise ValueError(f"{path}: not a judge record ({exc})") from None
 
 
+def judge_band(model: str | Path) -> float | None:
+    """The stage-1 score a judge learnt below (``max_stage1_score``: it saw no candidate at
+    or above it), or None: a judge of every candidate, or no judge."""
+    record = judge_record(model) or {}
+    return (record.get("config") or {}).get("max_stage1_score")
+
+
 def lora_parts(judge: str | Path) -> tuple[Path, Path, int]:
     """(base model, adapter folder, rank) of a judge trained with LoRA."""
     record = judge_record(judge)

@@ -205,6 +205,40 @@ def test_tune_and_ablate_with_an_llm_show_its_progress(tmp_path, tiny_ensemble, 
     assert json.loads((tmp_path / "ablation" / "ablation.json").read_text())["costs"]
 
 
+def test_tune_asks_a_judge_of_the_uncertain_band_only_below_it(tmp_path, tiny_ensemble,
+                                                                tiny_llm_dir):
+    """A judge trained with max_stage1_score is tuned with routes up to it (it saw nothing
+    above); --max-route sets the bound for any LLM."""
+    import shutil
+
+    from pipeline.thresholds import Thresholds
+    from pipeline.writers import write_brat
+    from prompts import load_template
+    from stage2_rerank.scorer import judge_band
+    from tests.cli_inprocess import run_cli
+    from tests.test_stage1_models import two_docs
+
+    judge = tmp_path / "judge"
+    shutil.copytree(tiny_llm_dir, judge)
+    assert judge_band(judge) is None  # no judge record
+    (judge / "template.json").write_text(load_template("rerank_v1").model_dump_json())
+    (judge / "judge.json").write_text(json.dumps({
+        "prompt": {"template": "rerank_v1", "template_file": "template.json",
+                   "max_context_tokens": 1024, "use_chat_template": True},
+        "config": {"max_stage1_score": 0.75}}))
+    assert judge_band(judge) == 0.75
+    write_brat(two_docs(), tmp_path / "gold")
+    common = ["--ensemble", tiny_ensemble, "--gold", tmp_path / "gold", "--llm-backend", "hf",
+              "--cache-dir", tmp_path / "cache", "--t1-grid", "0.3,0.5"]
+    for llm, extra, bound in ((judge, [], 0.75), (tiny_llm_dir, ["--max-route", "0.6"], 0.6)):
+        code, out, err = run_cli("tune", *common, "--llm", llm, "--out", tmp_path / "t.json",
+                                 *extra)
+        assert code == 0, err
+        assert f"only about candidates of stage-1 score below {bound}" in err
+        rr = Thresholds.load(tmp_path / "t.json").figures["DISEASE"]["reranked"]
+        assert rr["route"] is not None and rr["route"] <= bound
+
+
 def test_ctrl_c_is_exit_130_not_success(tmp_path, monkeypatch):
     import pipeline.cli.evaluate as command
 

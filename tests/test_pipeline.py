@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -512,6 +513,48 @@ def test_tuning_asks_a_judge_only_where_it_helps():
     assert rr["llm_calls"] == 0 and rr["route"] == 0.0 and rr["floor"] == own["floor"]
     th = thresholds_from({"DISEASE": result}, "char_f1")
     assert th.of("DISEASE").floor == own["floor"] and th.of("DISEASE").stage1 == 0.3
+
+
+def test_a_judge_of_the_uncertain_band_is_asked_only_below_it(tmp_path, tiny_ensemble,
+                                                               tiny_llm_dir):
+    """max_route: only the candidates below it are scored, and no route above it (nor
+    asking about all) is chosen, though asking about the confident ones would score more."""
+    from pipeline.documents import Span
+    from pipeline.tune import match
+    from stage2_rerank import load_scorer
+
+    gold = [Span("d", "DISEASE", 10 * i, 10 * i + 5) for i in range(4)]
+    # two confident false positives the judge knows, two uncertain ones it knows too
+    wrong = [Span("d", "DISEASE", 100, 105, 0.9, 0.1), Span("d", "DISEASE", 110, 115, 0.9, 0.1),
+             Span("d", "DISEASE", 120, 125, 0.4, 0.1), Span("d", "DISEASE", 130, 135, 0.4, 0.1)]
+    right = [s.with_scores(stage1=0.9 if i < 2 else 0.4, stage2=0.9) for i, s in enumerate(gold)]
+
+    def sets_of(cands):
+        return {t1: match(gold, [c for c in cands if c.stage1_score >= t1]) for t1 in (0.3,)}
+
+    free = tune_class(sets_of(right + wrong))["reranked"]
+    assert free["char_f1"] == 1.0 and (free["route"] is None or free["route"] > 0.9)
+    # as collect leaves them with max_route 0.5: no stage-2 score at or above it
+    band = [c if c.stage1_score < 0.5 else dataclasses.replace(c, stage2_score=None)
+            for c in right + wrong]
+    result = tune_class(sets_of(band), max_route=0.5)
+    rr = result["reranked"]
+    assert rr["route"] is not None and 0.4 < rr["route"] <= 0.5 and rr["llm_calls"] == 4
+    assert rr["char_f1"] == pytest.approx(2 * (4 / 6) * 1 / (4 / 6 + 1))  # the 2 confident stay
+    assert max(max(row) for row in result["grid"]["values"]) == pytest.approx(rr["char_f1"])
+    # a bound that is no grid value is tried itself (no grid value lies in (0.4, 0.41])
+    assert tune_class(sets_of(band), max_route=0.41)["reranked"]["route"] == 0.41
+
+    # collect scores only the candidates below the bound
+    make_corpus(tmp_path / "corpus", n=4, broken=False)
+    ens = Ensemble.load(tiny_ensemble)
+    docs = list(open_corpus(tmp_path / "corpus", classes=("DISEASE",)))
+    s1 = collect(docs, ens, None, t1_grid=(0.3,))["DISEASE"][0.3].s1
+    bound = float(np.median(s1))
+    scorer = load_scorer("hf", tiny_llm_dir)
+    cs = collect(docs, ens, scorer, t1_grid=(0.3,), max_route=bound)["DISEASE"][0.3]
+    assert 0 < scorer.calls == int((cs.s1 < bound).sum()) < len(cs.s1)
+    assert np.array_equal(np.isnan(cs.s2), cs.s1 >= bound)
 
 
 def test_a_floor_drops_the_spans_whose_score_is_below_it():

@@ -92,6 +92,12 @@ def tune_command(
     subset: Subset = "0/1",
     t1_grid: Annotated[str | None, typer.Option(
         help="Stage-1 thresholds to try, comma-separated (default 0.30 to 0.95 by 0.05).")] = None,
+    max_route: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0,
+        help="Ask the LLM only about candidates of stage-1 score below this: routing "
+             "thresholds above it are not tried, and only those candidates are scored (the "
+             "slow part). Default: a judge's max_stage1_score (it learnt on nothing above "
+             "it), else no limit.")] = None,
     cache_dir: CacheDirOption = None,
     inference_config: InferenceConfigOption = None,
     llm_config: LlmConfigOption = None,
@@ -124,12 +130,20 @@ def tune_command(
     scorer = load_llm(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None, cache,
                       cfg.llm.prompt_and_backend())
     typer.echo(f"tuning on {len(docs)} documents", err=True)
+    if scorer is not None and max_route is None:
+        from stage2_rerank.scorer import judge_band
+
+        max_route = judge_band(cfg.llm.model)
+    if scorer is not None and max_route is not None:
+        typer.echo(f"asking the LLM only about candidates of stage-1 score below {max_route}",
+                   err=True)
     with llm_progress(scorer):
         sets = collect(docs, ens, scorer, t1_grid=grid, char_cache=char_cache(cache, ens),
                        on_step=lambda t: typer.echo(f"  candidates at stage-1 threshold {t}",
-                                                    err=True))
+                                                    err=True), max_route=max_route)
     results = {cls: tune_class(s, objective=objective, with_llm=scorer is not None,
-                               route_tolerance=route_tolerance) for cls, s in sets.items()}
+                               route_tolerance=route_tolerance, max_route=max_route)
+               for cls, s in sets.items()}
     tuned = thresholds_from(results, objective, ensemble=ens.identity,
                             llm=scorer.identity if scorer is not None else None)
     atomic_write(out, tuned.model_dump_json(indent=2))  # hours of tuning: never half a file
