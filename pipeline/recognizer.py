@@ -125,12 +125,17 @@ def llm_identity(llm: str | Path | None, backend: str | None = None,
         raise PipelineError(str(exc)) from None
 
 
-def warn_unfit(thresholds: Thresholds, ensemble, scorer, source: str = "thresholds") -> None:
+def warn_unfit(thresholds: Thresholds, ensemble, scorer, source: str = "thresholds",
+               model: str | Path | None = None) -> None:
     """A warning for each way ``thresholds`` may not suit this ensemble and LLM (tuned for
-    others, or lacking a class): they run, but are not what tuning chose for these.
-    ``scorer``: the LLM's scorer, or its identity (None: no LLM)."""
+    others, lacking a class, asking a judge about candidates it never learnt on): they run,
+    but are not what tuning chose for these. ``scorer``: the LLM's scorer, or its identity
+    (None: no LLM); ``model``: its folder (a judge's record tells what it learnt on)."""
+    from stage2_rerank.scorer import judge_band
+
     llm = scorer if scorer is None or isinstance(scorer, str) else scorer.identity
-    for problem in thresholds.unfit(ensemble.classes, ensemble.identity, llm):
+    band = judge_band(model) if model is not None and scorer is not None else None
+    for problem in thresholds.unfit(ensemble.classes, ensemble.identity, llm, band):
         logger.warning("%s: %s (pipeline tune chooses thresholds for this ensemble and LLM)",
                        source, problem)
 
@@ -180,7 +185,7 @@ class Recognizer:
         thresholds.check_classes(ens.classes)
         cache = Path(cache_dir) if cache_dir is not None else None
         scorer = load_llm(llm, backend, urls, cache, **llm_options)
-        warn_unfit(thresholds, ens, scorer)
+        warn_unfit(thresholds, ens, scorer, model=llm)
         return cls(ens, scorer, thresholds, char_cache(cache, ens) if cache else None,
                    batch_size)
 

@@ -41,10 +41,20 @@ class Thresholds(BaseModel):
     def of(self, cls: str) -> ClassThresholds:
         return self.classes.get(cls, self.default)
 
-    def unfit(self, classes: Sequence[str], ensemble: str, llm: str | None) -> list[str]:
+    def unfit(self, classes: Sequence[str], ensemble: str, llm: str | None,
+              band: float | None = None) -> list[str]:
         """Why these thresholds may not suit the ensemble of ``classes`` and identity
-        ``ensemble`` with the LLM scorer ``llm`` (None: no LLM); empty if nothing does."""
+        ``ensemble`` with the LLM scorer ``llm`` (None: no LLM); empty if nothing does.
+        ``band``: the stage-1 score a judge learnt below (it never saw a candidate above)."""
         problems = []
+        if llm is not None and band is not None:
+            wide = {c: self.of(c).route for c in classes
+                    if self.of(c).route is None or self.of(c).route > band}
+            if wide:
+                asks = ", ".join(f"{c} {'at any score' if r is None else f'up to {r}'}"
+                                 for c, r in wide.items())
+                problems.append(f"the judge learnt on candidates of stage-1 score below {band} "
+                                f"only, and these thresholds ask it about {asks}")
         other = [c for c in self.classes if c not in classes]
         if other:
             problems.append(f"thresholds for {', '.join(other)}, which this ensemble does not "

@@ -237,6 +237,15 @@ def test_tune_asks_a_judge_of_the_uncertain_band_only_below_it(tmp_path, tiny_en
         assert f"only about candidates of stage-1 score below {bound}" in err
         rr = Thresholds.load(tmp_path / "t.json").figures["DISEASE"]["reranked"]
         assert rr["route"] is not None and rr["route"] <= bound
+    # thresholds that ask the judge above what it learnt on: run says so, and runs
+    wide = {"classes": {"DISEASE": {"stage1": 0.5, "stage2": 0.5, "route": 0.9}}}
+    (tmp_path / "wide.json").write_text(json.dumps(wide))
+    code, out, err = run_cli("run", "--ensemble", tiny_ensemble, "--llm", judge, "--llm-backend",
+                             "hf", "--input", tmp_path / "gold", "--output", tmp_path / "run",
+                             "--thresholds", tmp_path / "wide.json")
+    assert code == 0, err
+    assert ("the judge learnt on candidates of stage-1 score below 0.75 only, and these "
+            "thresholds ask it about DISEASE up to 0.9") in err
 
 
 def test_ctrl_c_is_exit_130_not_success(tmp_path, monkeypatch):

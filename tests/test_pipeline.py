@@ -658,6 +658,14 @@ def test_thresholds_warn_when_tuned_for_another_ensemble_or_lacking_a_class(tiny
                         f"tuned for ensemble another, used with {ens.identity}",
                         "tuned with LLM smollm2@1, used with none"]
     assert Thresholds.uniform(0.5).unfit(["DISEASE"], "x", "y") == []  # nothing was tuned
+    # a judge of the band below 0.5, asked above it
+    routed = Thresholds.model_validate({"classes": {"DISEASE": {"route": 0.5},
+                                                    "SYMPTOM": {"route": 0.7}}})
+    assert routed.unfit(["DISEASE", "SYMPTOM"], "x", "judge", band=0.5) == [
+        "the judge learnt on candidates of stage-1 score below 0.5 only, and these thresholds "
+        "ask it about SYMPTOM up to 0.7"]
+    assert routed.unfit(["DISEASE", "SYMPTOM"], "x", None, band=0.5) == []  # no judge asked
+    assert "PROCEDURE at any score" in routed.unfit(["PROCEDURE"], "x", "judge", band=0.5)[0]
     with caplog.at_level("WARNING"):
         Recognizer.load(tiny_ensemble, thresholds=other)
     assert f"tuned for ensemble another, used with {ens.identity}" in caplog.text

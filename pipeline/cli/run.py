@@ -143,7 +143,8 @@ def run_command(
             th.check_classes(ens.classes, str(th_source))  # before the LLM loads
             scorer = load_llm(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None, cache,
                               cfg.llm.prompt_and_backend())
-        warn_unfit(th, ens, scorer, str(th_source) if th_source else "thresholds")
+        warn_unfit(th, ens, scorer, str(th_source) if th_source else "thresholds",
+                   cfg.llm.model)
         report = ReadReport()
         docs = reader(input, texts)(report=report)
         total = sum(in_shard(stem_id(stem), share) for stem in brat_stems(input)) \

@@ -228,7 +228,7 @@ def ablate_command(
     def loader(model: Path, th: Thresholds, source: Path):
         scorer = load_llm(model, cfg.llm.backend, cfg.llm.urls or None, cache,
                           cfg.llm.prompt_and_backend())
-        warn_unfit(th, ens, scorer, str(source))
+        warn_unfit(th, ens, scorer, str(source), model)
         follow_llm(progress, scorer)
         return scorer
 
