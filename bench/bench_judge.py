@@ -9,7 +9,7 @@
 Candidates are gold spans of ../shared/data plus shifted copies, labelled by their overlap
 with the gold span (as train-judge labels them). The scoring part needs a trained judge
 (--judge; default runs/demo/judge, which `make demo` leaves) and vLLM.
-Run: python bench/bench_judge.py [--candidates 64] [--steps 4] [--ways default,last8,full]
+Run: python bench/bench_judge.py [--candidates 64] [--steps 4] [--ways default,last8,full,...]
      [--bf16] [--no-vllm]
 """
 
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=256, help="max_context_tokens")
     ap.add_argument("--ways", default="default,whole,last8,full",
                     help="training ways, comma-separated: default (the first, the one the "
-                         "others are compared with), whole, last8, full, bf16")
+                         "others are compared with), whole, last8, full, bf16, last8bf16")
     ap.add_argument("--bf16", action="store_true", help="the same as adding bf16 to --ways")
     ap.add_argument("--no-vllm", action="store_true")
     ap.add_argument("--judge", type=Path, default=ROOT / "runs" / "demo" / "judge")
@@ -120,7 +120,9 @@ def main() -> None:
              "whole": ("LoRA r8, whole prompts", {"whole": True}),
              "last8": ("LoRA r8 on the last 8 layers, shared prefix", {"lora_layers": 8}),
              "full": ("full fine-tuning, shared prefix", {"lora": False}),
-             "bf16": ("LoRA r8, shared prefix, bf16", {"bf16": True})}
+             "bf16": ("LoRA r8, shared prefix, bf16", {"bf16": True}),
+             "last8bf16": ("LoRA r8 on the last 8 layers, shared prefix, bf16",
+                           {"lora_layers": 8, "bf16": True})}
     keys = ["default"] + [k for k in args.ways.split(",") if k and k != "default"]
     if args.bf16 and "bf16" not in keys:
         keys.append("bf16")
