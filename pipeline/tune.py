@@ -178,14 +178,16 @@ def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
         s2 = np.nan_to_num(cs.s2, nan=1.0)
         for b, t2 in enumerate(T2_GRID):
             passed = s2 >= t2
-            if max_route is None:  # else the candidates at or above it have no score
+            # with max_route the candidates at or above it have no score (kept): the grid's
+            # value is then that of asking below max_route, not of asking about all
+            if max_route is None:
                 choices.append((float(grid[a, b]), len(cs.s1), t1, 0.0, t2, None))
-            else:
-                grid[a, b] = 0.0  # only routed choices count
             for r in routes_up_to(max_route):
                 calls = int((cs.s1 < r).sum())
-                if calls == 0 or calls == len(cs.s1) and max_route is None:
-                    continue  # the same as never or always asking
+                if calls == 0:
+                    continue  # the same as never asking
+                if calls == len(cs.s1) and (max_route is None or r < max_route):
+                    continue  # the same as always asking (None), or as asking below max_route
                 value = cs.figures(passed | (cs.s1 >= r))[objective]
                 choices.append((value, calls, t1, 0.0, t2, r))
                 grid[a, b] = max(grid[a, b], value)
@@ -206,9 +208,11 @@ def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
 
 
 def thresholds_from(results: dict[str, dict], objective: str, *, ensemble: str | None = None,
-                    llm: str | None = None) -> Thresholds:
+                    llm: str | None = None, max_route: float | None = None) -> Thresholds:
     """The tuned thresholds, with the figures they reached and, given, the identities of the
-    ensemble and LLM they were tuned for (``run`` warns when used with others)."""
+    ensemble and LLM they were tuned for (``run`` warns when used with others). With
+    ``max_route`` (tuned as `tune_class` does with it), an untuned class's default asks the
+    LLM only below it too."""
     classes = {}
     for cls, r in results.items():
         if "untuned" in r:  # left to the default (run and Recognizer say so)
@@ -218,7 +222,9 @@ def thresholds_from(results: dict[str, dict], objective: str, *, ensemble: str |
                                        stage2=best["stage2"], route=best["route"])
     figures = {cls: {k: v for k, v in r.items() if k != "grid"} for cls, r in results.items()}
     tuned_for = {"tuned_for": {"ensemble": ensemble, "llm": llm}} if ensemble else {}
-    return Thresholds(classes=classes, objective=objective, figures=figures, **tuned_for)
+    default = ClassThresholds(route=max_route)
+    return Thresholds(default=default, classes=classes, objective=objective, figures=figures,
+                      **tuned_for)
 
 
 def heatmaps(results: dict[str, dict], objective: str, path) -> None:

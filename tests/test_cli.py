@@ -230,13 +230,17 @@ def test_tune_asks_a_judge_of_the_uncertain_band_only_below_it(tmp_path, tiny_en
     write_brat(two_docs(), tmp_path / "gold")
     common = ["--ensemble", tiny_ensemble, "--gold", tmp_path / "gold", "--llm-backend", "hf",
               "--cache-dir", tmp_path / "cache", "--t1-grid", "0.3,0.5"]
-    for llm, extra, bound in ((judge, [], 0.75), (tiny_llm_dir, ["--max-route", "0.6"], 0.6)):
+    for llm, extra, bound in ((judge, [], 0.75), (tiny_llm_dir, ["--max-route", "0.6"], 0.6),
+                              (judge, ["--max-route", "0.9"], 0.9)):
         code, out, err = run_cli("tune", *common, "--llm", llm, "--out", tmp_path / "t.json",
                                  *extra)
         assert code == 0, err
         assert f"only about candidates of stage-1 score below {bound}" in err
-        rr = Thresholds.load(tmp_path / "t.json").figures["DISEASE"]["reranked"]
-        assert rr["route"] is not None and rr["route"] <= bound
+        assert ("warning: --max-route 0.9 asks the judge about candidates above 0.75" in err) \
+            == (bound == 0.9)
+        th = Thresholds.load(tmp_path / "t.json")
+        rr = th.figures["DISEASE"]["reranked"]
+        assert rr["route"] is not None and rr["route"] <= bound and th.default.route == bound
     # thresholds that ask the judge above what it learnt on: run says so, and runs
     wide = {"classes": {"DISEASE": {"stage1": 0.5, "stage2": 0.5, "route": 0.9}}}
     (tmp_path / "wide.json").write_text(json.dumps(wide))

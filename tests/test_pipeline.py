@@ -520,7 +520,7 @@ def test_a_judge_of_the_uncertain_band_is_asked_only_below_it(tmp_path, tiny_ens
     """max_route: only the candidates below it are scored, and no route above it (nor
     asking about all) is chosen, though asking about the confident ones would score more."""
     from pipeline.documents import Span
-    from pipeline.tune import match
+    from pipeline.tune import match, thresholds_from
     from stage2_rerank import load_scorer
 
     gold = [Span("d", "DISEASE", 10 * i, 10 * i + 5) for i in range(4)]
@@ -529,8 +529,8 @@ def test_a_judge_of_the_uncertain_band_is_asked_only_below_it(tmp_path, tiny_ens
              Span("d", "DISEASE", 120, 125, 0.4, 0.1), Span("d", "DISEASE", 130, 135, 0.4, 0.1)]
     right = [s.with_scores(stage1=0.9 if i < 2 else 0.4, stage2=0.9) for i, s in enumerate(gold)]
 
-    def sets_of(cands):
-        return {t1: match(gold, [c for c in cands if c.stage1_score >= t1]) for t1 in (0.3,)}
+    def sets_of(cands, grid=(0.3,)):
+        return {t1: match(gold, [c for c in cands if c.stage1_score >= t1]) for t1 in grid}
 
     free = tune_class(sets_of(right + wrong))["reranked"]
     assert free["char_f1"] == 1.0 and (free["route"] is None or free["route"] > 0.9)
@@ -544,6 +544,18 @@ def test_a_judge_of_the_uncertain_band_is_asked_only_below_it(tmp_path, tiny_ens
     assert max(max(row) for row in result["grid"]["values"]) == pytest.approx(rr["char_f1"])
     # a bound that is no grid value is tried itself (no grid value lies in (0.4, 0.41])
     assert tune_class(sets_of(band), max_route=0.41)["reranked"]["route"] == 0.41
+    # every candidate below the bound: asked about all, written as the bound (not the lowest
+    # route that asks about all, which would keep unasked what the judge learnt on)
+    low = [c for c in band if c.stage1_score < 0.5]
+    rr = tune_class(sets_of(low), max_route=0.75)["reranked"]
+    assert rr["route"] == 0.75 and rr["llm_calls"] == 4 and rr["char_f1"] == pytest.approx(2 / 3)
+    # above the bound nothing is asked: the heat map's row there is stage 1 alone
+    result = tune_class(sets_of(band, (0.3, 0.6)), max_route=0.5)
+    alone = sets_of(band, (0.6,))[0.6].figures(np.ones(4, dtype=bool))["char_f1"]
+    assert result["grid"]["values"][1] == [round(alone, 4)] * len(result["grid"]["t2"])
+    th = thresholds_from({"DISEASE": result, "SYMPTOM": {"untuned": "none"}}, "char_f1",
+                         max_route=0.5)
+    assert th.of("SYMPTOM").route == 0.5  # untuned: the default asks below the bound too
 
     # collect scores only the candidates below the bound
     make_corpus(tmp_path / "corpus", n=4, broken=False)

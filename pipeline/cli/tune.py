@@ -130,10 +130,16 @@ def tune_command(
     scorer = load_llm(cfg.llm.model, cfg.llm.backend, cfg.llm.urls or None, cache,
                       cfg.llm.prompt_and_backend())
     typer.echo(f"tuning on {len(docs)} documents", err=True)
-    if scorer is not None and max_route is None:
+    if scorer is not None:
         from stage2_rerank.scorer import judge_band
 
-        max_route = judge_band(cfg.llm.model)
+        band = judge_band(cfg.llm.model) if cfg.llm.model is not None else None
+        if max_route is None:
+            max_route = band
+        elif band is not None and max_route > band:
+            typer.secho(f"warning: --max-route {max_route} asks the judge about candidates "
+                        f"above {band}, the stage-1 score it learnt below", fg="yellow",
+                        err=True)
     if scorer is not None and max_route is not None:
         typer.echo(f"asking the LLM only about candidates of stage-1 score below {max_route}",
                    err=True)
@@ -145,7 +151,8 @@ def tune_command(
                                route_tolerance=route_tolerance, max_route=max_route)
                for cls, s in sets.items()}
     tuned = thresholds_from(results, objective, ensemble=ens.identity,
-                            llm=scorer.identity if scorer is not None else None)
+                            llm=scorer.identity if scorer is not None else None,
+                            max_route=max_route if scorer is not None else None)
     atomic_write(out, tuned.model_dump_json(indent=2))  # hours of tuning: never half a file
     heatmaps(results, objective, out.with_suffix(".png"))
     for cls, r in results.items():
