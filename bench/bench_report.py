@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.corpus import load_spans  # noqa: E402
 from pipeline.documents import Span  # noqa: E402
 from pipeline.readers import open_corpus  # noqa: E402
-from pipeline.corpus import load_spans  # noqa: E402
 from pipeline.report import build_report, dropped_candidates  # noqa: E402
 
 
