@@ -35,6 +35,10 @@ class CandidateSet:
     pair_pred: np.ndarray  # (K,) candidate index
     pair_dice: np.ndarray  # (K,)
     n_gold: int
+    # the documents, for resampling them: ids, and each candidate's and gold span's index
+    doc_ids: tuple[str, ...] = ()
+    pred_doc: np.ndarray | None = None  # (P,)
+    gold_doc: np.ndarray | None = None  # (n_gold,)
 
     def figures(self, kept: np.ndarray) -> dict[str, float]:
         """Strict and char P/R/F1 when only the ``kept`` candidates are predicted."""
@@ -52,6 +56,50 @@ class CandidateSet:
             out[f"{name}_f1"] = 2 * p * r / (p + r) if p + r else 0.0
         out["n_pred"], out["n_gold"] = n_pred, self.n_gold
         return out
+
+    def doc_stats(self, kept: np.ndarray, objective: str, docs: Sequence[str]) -> np.ndarray:
+        """(4, len(docs)): per document of ``docs``, the sums behind ``objective``'s
+        precision (numerator, predictions) and recall (numerator, gold spans) when only the
+        ``kept`` candidates are predicted; summed over all documents they give `figures`."""
+        where = {d: i for i, d in enumerate(docs)}
+        pos = np.array([where[d] for d in self.doc_ids], dtype=np.int64)
+        pred = pos[self.pred_doc[kept]] if len(self.doc_ids) else np.zeros(0, dtype=np.int64)
+        gold = pos[self.gold_doc] if len(self.doc_ids) else np.zeros(0, dtype=np.int64)
+        n = len(docs)
+        if objective == "strict_f1":
+            hit = np.bincount(pred, weights=self.exact[kept].astype(float), minlength=n)
+            recall_hit = hit
+        elif objective == "char_f1":
+            hit = np.bincount(pred, weights=self.best[kept], minlength=n)
+            gold_best = np.zeros(self.n_gold)
+            mask = kept[self.pair_pred]
+            np.maximum.at(gold_best, self.pair_gold[mask], self.pair_dice[mask])
+            recall_hit = np.bincount(gold, weights=gold_best, minlength=n)
+        else:
+            raise ValueError(f"no per-document sums for objective {objective!r}")
+        return np.stack([hit, np.bincount(pred, minlength=n).astype(float), recall_hit,
+                         np.bincount(gold, minlength=n).astype(float)])
+
+
+def bootstrap_confidence(a: tuple[CandidateSet, np.ndarray], b: tuple[CandidateSet, np.ndarray],
+                         objective: str, *, samples: int = 1000, seed: int = 0) -> float:
+    """How sure the tuning documents are that system ``b`` beats ``a`` (each a candidate
+    set and the candidates it keeps): the share of resamples of the documents (as many,
+    drawn with replacement; the paired bootstrap) in which b's ``objective`` is higher."""
+    docs = sorted(set(a[0].doc_ids) | set(b[0].doc_ids))
+    if not docs:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(docs), np.full(len(docs), 1 / len(docs)), size=samples)
+
+    def f1(cs: CandidateSet, kept: np.ndarray) -> np.ndarray:
+        hit, n_pred, recall_hit, n_gold = (weights @ cs.doc_stats(kept, objective, docs).T).T
+        zero = np.zeros(samples)
+        p = np.divide(hit, n_pred, out=zero.copy(), where=n_pred > 0)
+        r = np.divide(recall_hit, n_gold, out=zero.copy(), where=n_gold > 0)
+        return np.divide(2 * p * r, p + r, out=zero.copy(), where=p + r > 0)
+
+    return float((f1(*b) > f1(*a)).mean())
 
 
 def match(gold: Sequence[Span], cands: Sequence[Span]) -> CandidateSet:
@@ -73,6 +121,8 @@ def match(gold: Sequence[Span], cands: Sequence[Span]) -> CandidateSet:
     pair_pred, pair_dice = np.array(pp, dtype=np.int64), np.array(pd)
     best = np.zeros(len(cands))
     np.maximum.at(best, pair_pred, pair_dice)
+    doc_ids = tuple(sorted({s.doc_id for s in gold} | {s.doc_id for s in cands}))
+    index = {d: i for i, d in enumerate(doc_ids)}
     gold_keys = {(s.doc_id, s.start, s.end) for s in gold}
     exact = np.array([(s.doc_id, s.start, s.end) in gold_keys for s in cands], dtype=bool)
     nan = float("nan")
@@ -80,7 +130,9 @@ def match(gold: Sequence[Span], cands: Sequence[Span]) -> CandidateSet:
         s1=np.array([s.stage1_score or 0.0 for s in cands]),
         s2=np.array([nan if s.stage2_score is None else s.stage2_score for s in cands]),
         best=best, exact=exact, pair_gold=np.array(pg, dtype=np.int64), pair_pred=pair_pred,
-        pair_dice=pair_dice, n_gold=len(gold))
+        pair_dice=pair_dice, n_gold=len(gold), doc_ids=doc_ids,
+        pred_doc=np.array([index[s.doc_id] for s in cands], dtype=np.int64),
+        gold_doc=np.array([index[s.doc_id] for s in gold], dtype=np.int64))
 
 
 def collect(docs: Sequence[Document], ensemble, scorer=None, *, t1_grid=T1_GRID,
@@ -132,6 +184,16 @@ def floors_of(cs: CandidateSet) -> list[tuple[float, np.ndarray]]:
     return out
 
 
+def kept_by(cs: CandidateSet, choice: tuple) -> np.ndarray:
+    """The candidates a (objective, calls, t1, floor, t2, route) choice keeps: stage-2
+    score >= t2 (unasked ones have none and pass), or routed past the LLM; and >= floor."""
+    _, _, _, floor, t2, route = choice
+    kept = np.nan_to_num(cs.s2, nan=1.0) >= t2
+    if route is not None:
+        kept |= cs.s1 >= route
+    return kept & (cs.s1 >= floor)  # the floor drops a candidate before stage 2
+
+
 def routes_up_to(max_route: float | None) -> tuple[float, ...]:
     """The routing thresholds tried: the grid, or its part up to ``max_route`` and that."""
     if max_route is None:
@@ -141,7 +203,7 @@ def routes_up_to(max_route: float | None) -> tuple[float, ...]:
 
 def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
                with_llm: bool = True, route_tolerance: float = 0.0,
-               max_route: float | None = None) -> dict:
+               max_route: float | None = None, min_confidence: float = 0.0) -> dict:
     """The best ensemble-only thresholds (t1 and a floor on the span score), and the best
     re-ranked ones: keep a candidate of stage-1 score s1 (spans at t1) if s1 >= route (the
     LLM is not asked) or if its stage-2 score is >= t2. Routing is part of the search, not
@@ -152,6 +214,11 @@ def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
     objective, the one with the fewest LLM calls wins (then the higher objective).
     ``max_route``: the LLM is asked about candidates below it only (no route above it, and
     never about all of them), as `collect` scored them.
+
+    A judge's best thresholds may beat the ensemble's own on the tuning documents by chance
+    (a few documents, a gain of 0.002). ``confidence`` in the result is the paired bootstrap's
+    share of resamples of the documents in which they beat it; below ``min_confidence`` the
+    ensemble's own thresholds are kept.
 
     With no gold span of the class, or none that any candidate finds, every threshold scores
     0 and the lowest (the most false positives) would win: the class is left untuned, and
@@ -192,16 +259,22 @@ def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
                 choices.append((value, calls, t1, 0.0, t2, r))
                 grid[a, b] = max(grid[a, b], value)
     best = max(c[0] for c in choices)
-    value, calls, t1, floor, t2, route = min(
-        (c for c in choices if c[0] >= best - route_tolerance), key=lambda c: (c[1], -c[0]))
+    chosen = min((c for c in choices if c[0] >= best - route_tolerance),
+                 key=lambda c: (c[1], -c[0]))
+    confidence = None
+    if chosen[1]:  # the LLM is asked: is that better than the ensemble alone, or luck?
+        own_set = sets[own[2]]
+        confidence = bootstrap_confidence((own_set, own_set.s1 >= own[3]),
+                                          (sets[chosen[2]], kept_by(sets[chosen[2]], chosen)),
+                                          objective)
+        if confidence < min_confidence:
+            chosen = own
+    value, calls, t1, floor, t2, route = chosen
     cs = sets[t1]
-    kept = np.nan_to_num(cs.s2, nan=1.0) >= t2
-    if route is not None:
-        kept |= cs.s1 >= route
-    kept &= cs.s1 >= floor  # the floor drops a candidate before stage 2
+    kept = kept_by(cs, chosen)
     result["reranked"] = {"stage1": t1, "floor": floor, "stage2": t2, "route": route,
                           objective: value, **cs.figures(kept), "llm_calls": calls,
-                          "llm_calls_without_routing": len(cs.s1)}
+                          "llm_calls_without_routing": len(cs.s1), "confidence": confidence}
     # each cell: the best objective at that (t1, t2) over every routing threshold
     result["grid"] = {"t1": t1s, "t2": list(T2_GRID), "values": grid.round(4).tolist()}
     return result

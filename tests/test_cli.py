@@ -241,6 +241,14 @@ def test_tune_asks_a_judge_of_the_uncertain_band_only_below_it(tmp_path, tiny_en
         th = Thresholds.load(tmp_path / "t.json")
         rr = th.figures["DISEASE"]["reranked"]
         assert rr["route"] is not None and rr["route"] <= bound and th.default.route == bound
+    # --min-confidence 1: the LLM is used only where every resample says it helps
+    code, out, err = run_cli("tune", *common, "--llm", tiny_llm_dir, "--out", tmp_path / "c.json",
+                             "--min-confidence", "1")
+    assert code == 0, err
+    for cls, r in Thresholds.load(tmp_path / "c.json").figures.items():
+        if "reranked" in r:
+            rr = r["reranked"]
+            assert rr["llm_calls"] == 0 or rr["confidence"] == 1.0, (cls, rr)
     # thresholds that ask the judge above what it learnt on: run says so, and runs
     wide = {"classes": {"DISEASE": {"stage1": 0.5, "stage2": 0.5, "route": 0.9}}}
     (tmp_path / "wide.json").write_text(json.dumps(wide))

@@ -569,6 +569,42 @@ def test_a_judge_of_the_uncertain_band_is_asked_only_below_it(tmp_path, tiny_ens
     assert np.array_equal(np.isnan(cs.s2), cs.s1 >= bound)
 
 
+def test_a_judge_that_wins_on_one_document_of_ten_is_not_confidently_better():
+    """Paired bootstrap over the tuning documents: the per-document sums give the pooled
+    figures back; a judge whose gain comes from one document of ten beats the ensemble in
+    about 1 - 0.9**10 = 65% of resamples, and --min-confidence 0.9 keeps the ensemble."""
+    from pipeline.documents import Span
+    from pipeline.tune import bootstrap_confidence, match
+
+    docs = [f"d{i}" for i in range(10)]
+    gold = [Span(d, "DISEASE", 0, 5) for d in docs]
+    right = [Span(d, "DISEASE", 0, 5, 0.9, 0.9) for d in docs]
+    # one false positive stage 1 cannot tell from the rest, which the judge rejects, and a
+    # partial hit elsewhere, for the char metric
+    cands = right + [Span("d0", "DISEASE", 20, 25, 0.9, 0.1), Span("d3", "DISEASE", 2, 9, 0.9, 0.9)]
+    sets = {0.3: match(gold, cands)}
+    cs = sets[0.3]
+    for objective in ("char_f1", "strict_f1"):
+        for kept in (np.ones(len(cands), dtype=bool), cs.s2 >= 0.5, cs.s1 > np.arange(12) / 12):
+            hit, n_pred, recall_hit, n_gold = cs.doc_stats(kept, objective, docs).sum(axis=1)
+            p, r = hit / n_pred, recall_hit / n_gold
+            assert 2 * p * r / (p + r) == pytest.approx(cs.figures(kept)[objective])
+    everything = (cs, np.ones(len(cands), dtype=bool))
+    assert bootstrap_confidence(everything, everything, "char_f1") == 0.0  # never strictly
+    judged = (cs, cs.s2 >= 0.5)  # drops the false positive of d0
+    assert 0.55 < bootstrap_confidence(everything, judged, "strict_f1") < 0.75
+    assert bootstrap_confidence(judged, everything, "strict_f1") == 0.0
+
+    used = tune_class(sets, objective="strict_f1")
+    assert used["reranked"]["llm_calls"] == 12 and 0.55 < used["reranked"]["confidence"] < 0.75
+    assert used["reranked"]["strict_f1"] > used["stage1_only"]["strict_f1"]
+    kept = tune_class(sets, objective="strict_f1", min_confidence=0.9)
+    own = kept["stage1_only"]
+    assert kept["reranked"]["llm_calls"] == 0 and kept["reranked"]["route"] == 0.0
+    assert kept["reranked"]["strict_f1"] == own["strict_f1"] < used["reranked"]["strict_f1"]
+    assert kept["reranked"]["confidence"] == used["reranked"]["confidence"]
+
+
 def test_a_floor_drops_the_spans_whose_score_is_below_it():
     from pipeline.documents import Document
 

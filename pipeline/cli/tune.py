@@ -89,6 +89,12 @@ def tune_command(
     route_tolerance: Annotated[float, typer.Option(
         help="Objective the re-ranked thresholds may lose to ask the LLM less: among the "
              "(t1, t2, route) within it of the best, the fewest LLM calls win.")] = 0.0,
+    min_confidence: Annotated[float, typer.Option(
+        min=0.0, max=1.0,
+        help="Use the LLM for a class only if its best thresholds beat the ensemble's own "
+             "in at least this share of bootstrap resamples of the tuning documents (say "
+             "0.9); 0: whenever they score higher there. The share is printed either way.")
+    ] = 0.0,
     subset: Subset = "0/1",
     t1_grid: Annotated[str | None, typer.Option(
         help="Stage-1 thresholds to try, comma-separated (default 0.30 to 0.95 by 0.05).")] = None,
@@ -148,7 +154,8 @@ def tune_command(
                        on_step=lambda t: typer.echo(f"  candidates at stage-1 threshold {t}",
                                                     err=True), max_route=max_route)
     results = {cls: tune_class(s, objective=objective, with_llm=scorer is not None,
-                               route_tolerance=route_tolerance, max_route=max_route)
+                               route_tolerance=route_tolerance, max_route=max_route,
+                               min_confidence=min_confidence)
                for cls, s in sets.items()}
     tuned = thresholds_from(results, objective, ensemble=ens.identity,
                             llm=scorer.identity if scorer is not None else None,
@@ -170,6 +177,14 @@ def tune_command(
                      f"route={rr['route']} "
                      f"{objective}={rr[objective]:.4f}; the LLM asked about {rr['llm_calls']} "
                      f"of {rr['llm_calls_without_routing']} candidates")
+            share = rr.get("confidence")
+            if share is not None and rr["llm_calls"]:
+                line += (f" (they beat the ensemble alone in {share:.0%} of bootstrap resamples "
+                         "of the documents)")
+            elif share is not None:
+                line += (f" (the LLM's best thresholds beat the ensemble alone in only {share:.0%} "
+                         f"of bootstrap resamples of the documents, below --min-confidence "
+                         f"{min_confidence:g}: not used)")
         typer.echo(line)
     typer.echo(f"wrote {out}")
 
