@@ -102,8 +102,11 @@ def bootstrap_confidence(a: tuple[CandidateSet, np.ndarray], b: tuple[CandidateS
     return float((f1(*b) > f1(*a)).mean())
 
 
-def match(gold: Sequence[Span], cands: Sequence[Span]) -> CandidateSet:
-    """Candidates of one class against its gold spans (duplicates of gold all count)."""
+def match(gold: Sequence[Span], cands: Sequence[Span], docs: Sequence[str] = ()
+          ) -> CandidateSet:
+    """Candidates of one class against its gold spans (duplicates of gold all count).
+    ``docs``: the ids of every document they come from, those with neither gold nor
+    candidates of the class included (the bootstrap resamples all of them)."""
     by_doc_g: dict[str, list[int]] = {}
     by_doc_p: dict[str, list[int]] = {}
     for i, s in enumerate(gold):
@@ -121,7 +124,7 @@ def match(gold: Sequence[Span], cands: Sequence[Span]) -> CandidateSet:
     pair_pred, pair_dice = np.array(pp, dtype=np.int64), np.array(pd)
     best = np.zeros(len(cands))
     np.maximum.at(best, pair_pred, pair_dice)
-    doc_ids = tuple(sorted({s.doc_id for s in gold} | {s.doc_id for s in cands}))
+    doc_ids = tuple(sorted({*docs, *(s.doc_id for s in gold), *(s.doc_id for s in cands)}))
     index = {d: i for i, d in enumerate(doc_ids)}
     gold_keys = {(s.doc_id, s.start, s.end) for s in gold}
     exact = np.array([(s.doc_id, s.start, s.end) in gold_keys for s in cands], dtype=bool)
@@ -150,7 +153,8 @@ def collect(docs: Sequence[Document], ensemble, scorer=None, *, t1_grid=T1_GRID,
             cands = rerank(docs, cands, scorer, th)
         for cls in ensemble.classes:
             gold = [s for d in docs for s in d.spans if s.label == cls]
-            out[cls][t1] = match(gold, [s for spans in cands for s in spans if s.label == cls])
+            out[cls][t1] = match(gold, [s for spans in cands for s in spans if s.label == cls],
+                                 [d.id for d in docs])
         if on_step:
             on_step(t1)
     return out
@@ -218,7 +222,8 @@ def tune_class(sets: dict[float, CandidateSet], *, objective: str = "char_f1",
     A judge's best thresholds may beat the ensemble's own on the tuning documents by chance
     (a few documents, a gain of 0.002). ``confidence`` in the result is the paired bootstrap's
     share of resamples of the documents in which they beat it; below ``min_confidence`` the
-    ensemble's own thresholds are kept.
+    ensemble's own thresholds are kept. The thresholds were chosen on the same documents, so
+    the share is optimistic (a judge of pure noise can reach 0.8): a filter, not a test.
 
     With no gold span of the class, or none that any candidate finds, every threshold scores
     0 and the lowest (the most false positives) would win: the class is left untuned, and

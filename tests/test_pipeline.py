@@ -574,7 +574,7 @@ def test_a_judge_that_wins_on_one_document_of_ten_is_not_confidently_better():
     figures back; a judge whose gain comes from one document of ten beats the ensemble in
     about 1 - 0.9**10 = 65% of resamples, and --min-confidence 0.9 keeps the ensemble."""
     from pipeline.documents import Span
-    from pipeline.tune import bootstrap_confidence, match
+    from pipeline.tune import bootstrap_confidence, match, thresholds_from
 
     docs = [f"d{i}" for i in range(10)]
     gold = [Span(d, "DISEASE", 0, 5) for d in docs]
@@ -594,6 +594,13 @@ def test_a_judge_that_wins_on_one_document_of_ten_is_not_confidently_better():
     judged = (cs, cs.s2 >= 0.5)  # drops the false positive of d0
     assert 0.55 < bootstrap_confidence(everything, judged, "strict_f1") < 0.75
     assert bootstrap_confidence(judged, everything, "strict_f1") == 0.0
+    # tuning documents without a span of the class are resampled too (they weigh nothing)
+    wider = match(gold, cands, docs + ["e1", "e2"])
+    assert set(wider.doc_ids) == {*docs, "e1", "e2"}
+    stats = wider.doc_stats(np.ones(len(cands), dtype=bool), "char_f1", ["e1", "e2", *docs])
+    assert not stats[:, :2].any() and stats[:, 2:].all()
+    assert 0.55 < bootstrap_confidence((wider, wider.s2 >= 0), (wider, wider.s2 >= 0.5),
+                                       "strict_f1") < 0.75
 
     used = tune_class(sets, objective="strict_f1")
     assert used["reranked"]["llm_calls"] == 12 and 0.55 < used["reranked"]["confidence"] < 0.75
@@ -603,6 +610,14 @@ def test_a_judge_that_wins_on_one_document_of_ten_is_not_confidently_better():
     assert kept["reranked"]["llm_calls"] == 0 and kept["reranked"]["route"] == 0.0
     assert kept["reranked"]["strict_f1"] == own["strict_f1"] < used["reranked"]["strict_f1"]
     assert kept["reranked"]["confidence"] == used["reranked"]["confidence"]
+    th = thresholds_from({"DISEASE": kept}, "strict_f1").of("DISEASE")
+    assert (th.stage1, th.floor, th.stage2, th.route) == (own["stage1"], own["floor"], 0.0, 0.0)
+    # sets at two stage-1 thresholds whose candidates lie in other documents: one universe
+    extra = Span("e1", "DISEASE", 0, 4, 0.35, 0.2)
+    two = {t1: match(gold, [c for c in [*cands, extra] if c.stage1_score >= t1], docs + ["e1"])
+           for t1 in (0.3, 0.5)}
+    assert two[0.3].doc_ids == two[0.5].doc_ids == tuple(sorted(docs + ["e1"]))
+    assert 0.55 < tune_class(two, objective="strict_f1")["reranked"]["confidence"] < 0.75
 
 
 def test_a_floor_drops_the_spans_whose_score_is_below_it():

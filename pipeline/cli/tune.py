@@ -91,9 +91,11 @@ def tune_command(
              "(t1, t2, route) within it of the best, the fewest LLM calls win.")] = 0.0,
     min_confidence: Annotated[float, typer.Option(
         min=0.0, max=1.0,
-        help="Use the LLM for a class only if its best thresholds beat the ensemble's own "
-             "in at least this share of bootstrap resamples of the tuning documents (say "
-             "0.9); 0: whenever they score higher there. The share is printed either way.")
+        help="With --llm: use the LLM for a class only if its best thresholds beat the "
+             "ensemble's own in at least this share of bootstrap resamples of the tuning "
+             "documents (say 0.9); 0: whenever they score higher there. The share is "
+             "printed wherever they do. It is a filter against luck, not a guarantee: the "
+             "thresholds were chosen on the same documents.")
     ] = 0.0,
     subset: Subset = "0/1",
     t1_grid: Annotated[str | None, typer.Option(
@@ -179,10 +181,10 @@ def tune_command(
                      f"of {rr['llm_calls_without_routing']} candidates")
             share = rr.get("confidence")
             if share is not None and rr["llm_calls"]:
-                line += (f" (they beat the ensemble alone in {share:.0%} of bootstrap resamples "
+                line += (f" (they beat the ensemble alone in {share:.1%} of bootstrap resamples "
                          "of the documents)")
             elif share is not None:
-                line += (f" (the LLM's best thresholds beat the ensemble alone in only {share:.0%} "
+                line += (f" (the LLM's best thresholds beat the ensemble alone in only {share:.1%} "
                          f"of bootstrap resamples of the documents, below --min-confidence "
                          f"{min_confidence:g}: not used)")
         typer.echo(line)
