@@ -40,13 +40,18 @@ class CandidateSet:
     pred_doc: np.ndarray | None = None  # (P,)
     gold_doc: np.ndarray | None = None  # (n_gold,)
 
+    def gold_best(self, kept: np.ndarray) -> np.ndarray:
+        """(n_gold,) each gold span's best overlap with a ``kept`` candidate."""
+        out = np.zeros(self.n_gold)
+        mask = kept[self.pair_pred]
+        np.maximum.at(out, self.pair_gold[mask], self.pair_dice[mask])
+        return out
+
     def figures(self, kept: np.ndarray) -> dict[str, float]:
         """Strict and char P/R/F1 when only the ``kept`` candidates are predicted."""
         n_pred = int(kept.sum())
         tp = int(self.exact[kept].sum())
-        gold_best = np.zeros(self.n_gold)
-        mask = kept[self.pair_pred]
-        np.maximum.at(gold_best, self.pair_gold[mask], self.pair_dice[mask])
+        gold_best = self.gold_best(kept)
         out = {}
         for name, p, r in (("strict", tp / n_pred if n_pred else 0.0,
                             tp / self.n_gold if self.n_gold else 0.0),
@@ -71,10 +76,7 @@ class CandidateSet:
             recall_hit = hit
         elif objective == "char_f1":
             hit = np.bincount(pred, weights=self.best[kept], minlength=n)
-            gold_best = np.zeros(self.n_gold)
-            mask = kept[self.pair_pred]
-            np.maximum.at(gold_best, self.pair_gold[mask], self.pair_dice[mask])
-            recall_hit = np.bincount(gold, weights=gold_best, minlength=n)
+            recall_hit = np.bincount(gold, weights=self.gold_best(kept), minlength=n)
         else:
             raise ValueError(f"no per-document sums for objective {objective!r}")
         return np.stack([hit, np.bincount(pred, minlength=n).astype(float), recall_hit,
